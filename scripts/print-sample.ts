@@ -1,0 +1,2 @@
+import { renderSampleConfig } from "../src/config/sample";
+process.stdout.write(renderSampleConfig());
