@@ -1,0 +1,65 @@
+/** Prometheus metrics. One registry per service instance, so several instances in a test process do not collide. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly homeserverRequests = new Counter({
+    name: "hive_matrix_homeserver_requests_total",
+    help: "Requests to the homeserver by method, route and outcome (status code, or 'network').",
+    labelNames: ["method", "route", "outcome"] as const,
+    registers: [this.registry],
+  });
+
+  readonly homeserverWrites = new Counter({
+    name: "hive_matrix_homeserver_writes_total",
+    help: "State-changing requests to the homeserver by kind.",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+
+  readonly homeserverLatency = new Histogram({
+    name: "hive_matrix_homeserver_request_seconds",
+    help: "Latency of requests to the homeserver, retries included.",
+    labelNames: ["method", "route"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
+  readonly homeserverRetries = new Counter({
+    name: "hive_matrix_homeserver_retries_total",
+    help: "Retried homeserver requests by reason (network, 5xx, 429).",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+
+  readonly transactions = new Counter({
+    name: "hive_matrix_transactions_total",
+    help: "Transactions received from the homeserver by result (accepted, duplicate, rejected).",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+
+  readonly events = new Counter({
+    name: "hive_matrix_events_total",
+    help: "Events received in transactions, by type.",
+    labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+
+  readonly eventQueue = new Gauge({
+    name: "hive_matrix_event_queue_depth",
+    help: "Accepted transactions whose events are not yet handled.",
+    registers: [this.registry],
+  });
+
+  readonly ready = new Gauge({
+    name: "hive_matrix_ready",
+    help: "1 once startup has finished and the service is ready.",
+    registers: [this.registry],
+  });
+
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * Crash-safe, symlink-safe file writes. The content goes into a temp file created exclusively
+ * (O_EXCL | O_NOFOLLOW) in the target's own directory, is fsynced, then renamed over the target.
+ * rename(2) replaces a symlink planted at the target instead of following it, so a hostile link
+ * in an agent's state dir can never redirect the write; readers see the old or the new file whole.
+ */
+import { constants, closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { basename, dirname, join } from "node:path";
+
+export interface AtomicWriteOptions {
+  /** File mode, applied with fchmod so the umask cannot widen or narrow it. */
+  mode?: number;
+}
+
+export function writeFileAtomic(path: string, data: string | Buffer, options: AtomicWriteOptions = {}): void {
+  const mode = options.mode ?? 0o600;
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.tmp-${randomBytes(6).toString("hex")}`);
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+  let renamed = false;
+  try {
+    fchmodSync(fd, mode);
+    const buffer = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    let offset = 0;
+    while (offset < buffer.length) offset += writeSync(fd, buffer, offset, buffer.length - offset);
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, path);
+    renamed = true;
+    fsyncDir(dir);
+  } finally {
+    if (!renamed) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* already closed */
+      }
+      try {
+        unlinkSync(tmp);
+      } catch {
+        /* never created or already gone */
+      }
+    }
+  }
+}
+
+/** Makes a rename durable: without it a crash can forget the new directory entry. */
+export function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    fsyncSync(fd);
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename itself is still atomic.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
