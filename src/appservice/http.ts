@@ -1,0 +1,137 @@
+/**
+ * The appservice HTTP API the homeserver calls. Thin by design: authenticate, de-duplicate,
+ * make the transaction durable, answer per the Application Service API spec; events are
+ * handled later by the event queue, detached from the request.
+ */
+import express, { type ErrorRequestHandler, type Request, type Response, type NextFunction } from "express";
+import type { Logger } from "../logging";
+import type { Metrics } from "../metrics";
+import type { MatrixEvent } from "../store/transactions";
+import { authenticate } from "./auth";
+
+export interface AppserviceHandlers {
+  /** Durably accepts a transaction; resolves "duplicate" when the txnId was seen before. */
+  onTransaction(txnId: string, events: MatrixEvent[]): Promise<"accepted" | "duplicate">;
+  /** Whether the user exists or was just created (user query). */
+  onUserQuery(userId: string): Promise<boolean>;
+  /** Called when the homeserver pings us (POST /ping). */
+  onPing(transactionId: string | undefined): void;
+  /** Health document for /health; `ready` decides 200 or 503. */
+  health(): { ready: boolean } & Record<string, unknown>;
+  metrics(): Promise<{ contentType: string; body: string }>;
+}
+
+export interface HttpOptions {
+  hsToken: string;
+  maxBodyBytes: number;
+  logger: Logger;
+  metrics: Metrics;
+}
+
+function matrixError(res: Response, status: number, errcode: string, error: string): void {
+  res.status(status).json({ errcode, error });
+}
+
+const MATRIX_ID = /^[@#!][^\s]+:[^\s]+$/;
+
+export function validateTransactionBody(body: unknown): { ok: true; events: MatrixEvent[] } | { ok: false; error: string } {
+  if (!body || typeof body !== "object" || Array.isArray(body)) return { ok: false, error: "Body must be a JSON object" };
+  const events = (body as { events?: unknown }).events;
+  if (!Array.isArray(events)) return { ok: false, error: "'events' must be an array" };
+  for (let i = 0; i < events.length; i++) {
+    const ev: unknown = events[i];
+    if (!ev || typeof ev !== "object" || Array.isArray(ev)) return { ok: false, error: `events[${i}] must be an object` };
+    if (typeof (ev as { type?: unknown }).type !== "string") return { ok: false, error: `events[${i}].type must be a string` };
+  }
+  return { ok: true, events: events as MatrixEvent[] };
+}
+
+export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpOptions): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("etag", false);
+  const log = options.logger.child({ module: "appservice-http" });
+
+  app.get("/health", (_req, res) => {
+    const doc = handlers.health();
+    res.status(doc.ready ? 200 : 503).json(doc);
+  });
+  app.get("/live", (_req, res) => {
+    res.json({ live: true });
+  });
+  app.get("/metrics", (_req, res, next) => {
+    handlers
+      .metrics()
+      .then(({ contentType, body }) => res.type(contentType).send(body))
+      .catch(next);
+  });
+
+  const requireToken = (req: Request, res: Response, next: NextFunction): void => {
+    const result = authenticate(req, options.hsToken);
+    if (result.ok) return next();
+    options.metrics.transactions.inc({ result: "unauthorized" });
+    log.warn({ path: req.path.split("/").slice(0, 5).join("/"), status: result.status }, result.status === 401
+      ? "homeserver request without a token refused"
+      : "homeserver request with a wrong hs_token refused: the homeserver's copy of the registration differs from ours");
+    matrixError(res, result.status, result.errcode, result.error);
+  };
+  const json = express.json({ limit: options.maxBodyBytes, type: () => true, strict: false });
+
+  const transaction = (req: Request, res: Response, next: NextFunction): void => {
+    const txnId = req.params.txnId;
+    const checked = validateTransactionBody(req.body);
+    if (!checked.ok) {
+      options.metrics.transactions.inc({ result: "rejected" });
+      return matrixError(res, 400, "M_BAD_JSON", checked.error);
+    }
+    handlers
+      .onTransaction(txnId, checked.events)
+      .then((result) => {
+        options.metrics.transactions.inc({ result });
+        res.status(200).json({});
+      })
+      .catch(next);
+  };
+  const userQuery = (req: Request, res: Response, next: NextFunction): void => {
+    const userId = req.params.userId;
+    if (!MATRIX_ID.test(userId) || !userId.startsWith("@")) return matrixError(res, 400, "M_INVALID_PARAM", "Not a user ID");
+    handlers
+      .onUserQuery(userId)
+      .then((exists) => (exists ? res.status(200).json({}) : matrixError(res, 404, "M_NOT_FOUND", "No such user in this namespace")))
+      .catch(next);
+  };
+  const roomQuery = (_req: Request, res: Response): void => {
+    // hive-matrix creates its rooms itself; it never provisions rooms on alias lookup.
+    matrixError(res, 404, "M_NOT_FOUND", "This appservice does not provide rooms by alias");
+  };
+  const ping = (req: Request, res: Response): void => {
+    const body: unknown = req.body;
+    const tid = body && typeof body === "object" ? (body as { transaction_id?: unknown }).transaction_id : undefined;
+    handlers.onPing(typeof tid === "string" ? tid : undefined);
+    res.status(200).json({});
+  };
+
+  for (const prefix of ["/_matrix/app/v1", ""]) {
+    app.put(`${prefix}/transactions/:txnId`, requireToken, json, transaction);
+    app.get(`${prefix}/users/:userId`, requireToken, userQuery);
+    app.get(`${prefix}/rooms/:alias`, requireToken, roomQuery);
+  }
+  app.post("/_matrix/app/v1/ping", requireToken, json, ping);
+  app.all("/_matrix/*", (req, res) => {
+    const known = /^\/_matrix\/app\/v1\/(transactions|users|rooms|ping)(\/|$)/.test(req.path);
+    if (known) matrixError(res, 405, "M_UNRECOGNIZED", "Method not allowed");
+    else matrixError(res, 404, "M_UNRECOGNIZED", "Unrecognized request");
+  });
+
+  const errors: ErrorRequestHandler = (err: { type?: string; status?: number; message?: string }, _req, res, _next) => {
+    void _next;
+    if (err.type === "entity.too.large") return matrixError(res, 413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
+    if (err.type === "entity.parse.failed") return matrixError(res, 400, "M_NOT_JSON", "Body is not valid JSON");
+    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported") return matrixError(res, 415, "M_UNKNOWN", "Unsupported encoding");
+    if (err.type === "request.aborted") return;
+    log.error({ err: err.message }, "appservice request failed");
+    matrixError(res, 500, "M_UNKNOWN", "Internal error; the homeserver will retry");
+  };
+  app.use(errors);
+  return app;
+}

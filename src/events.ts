@@ -1,0 +1,75 @@
+/**
+ * Handles accepted transactions in order, detached from the HTTP request. A failing handler is
+ * logged and does not stop the queue; an entry leaves the inbox only after all its events ran.
+ */
+import type { Logger } from "./logging";
+import { errorFields } from "./logging";
+import type { Metrics } from "./metrics";
+import type { InboxEntry, MatrixEvent, TransactionStore } from "./store/transactions";
+
+export type EventHandler = (event: MatrixEvent) => Promise<void> | void;
+
+export class EventQueue {
+  private readonly pending: InboxEntry[] = [];
+  private readonly handlers: EventHandler[] = [];
+  private running = false;
+  private started = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly store: TransactionStore,
+    private readonly logger: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  on(handler: EventHandler): void {
+    this.handlers.push(handler);
+  }
+
+  push(entry: InboxEntry): void {
+    this.pending.push(entry);
+    this.metrics.eventQueue.set(this.pending.length);
+    if (this.started) void this.drain();
+  }
+
+  /** Handling waits for start(): events may arrive before the service is ready. */
+  start(): void {
+    this.started = true;
+    void this.drain();
+  }
+
+  /** Resolves when every accepted transaction has been handled. */
+  idle(): Promise<void> {
+    if (!this.running && (this.pending.length === 0 || !this.started)) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private async drain(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      for (let entry = this.pending[0]; entry !== undefined; entry = this.pending[0]) {
+        for (const event of entry.events) await this.dispatch(event);
+        this.store.done(entry);
+        this.pending.shift();
+        this.metrics.eventQueue.set(this.pending.length);
+      }
+    } finally {
+      this.running = false;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      waiters.forEach((w) => w());
+    }
+  }
+
+  private async dispatch(event: MatrixEvent): Promise<void> {
+    this.metrics.events.inc({ type: event.type.length <= 64 ? event.type : "(long)" });
+    for (const handler of this.handlers) {
+      try {
+        await handler(event);
+      } catch (err) {
+        this.logger.error({ eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) }, "event handler failed");
+      }
+    }
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The one layer through which hive-matrix talks HTTP to the homeserver. It owns authentication
+ * (the as_token, or an agent's own token), appservice impersonation (`user_id`), timeouts,
+ * retries with backoff on network errors, 5xx and 429, metrics, and error mapping to the SDK's
+ * `MatrixError`. Nothing else in the code base calls fetch on the homeserver.
+ */
+import { MatrixError } from "matrix-bot-sdk";
+import type { Logger } from "../logging";
+import type { Metrics } from "../metrics";
+
+export type QueryValue = string | number | boolean | undefined | null;
+
+export interface RequestOptions {
+  query?: Record<string, QueryValue>;
+  body?: unknown;
+  /** Act as this user of the appservice namespace (`?user_id=`). */
+  asUser?: string;
+  /** Authenticate with this token instead of the as_token (e.g. an agent's own access token). */
+  accessToken?: string | null;
+  timeoutMs?: number;
+  /**
+   * When to retry: "auto" retries idempotent methods on any transient failure and POST only when
+   * the request cannot have been applied (connection refused, 429); "never" makes one attempt.
+   */
+  retry?: "auto" | "never";
+  /** Label for the writes metric; derived from the route when omitted. */
+  kind?: string;
+}
+
+export class HomeserverUnreachableError extends Error {
+  constructor(
+    readonly url: string,
+    readonly reason: string,
+  ) {
+    super(`homeserver unreachable (${reason})`);
+    this.name = "HomeserverUnreachableError";
+  }
+}
+
+export interface TransportOptions {
+  baseUrl: string;
+  asToken: string;
+  timeoutMs: number;
+  maxRetries: number;
+  logger: Logger;
+  metrics: Metrics;
+  /** Injected in unit tests to avoid real waiting. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Replaces IDs in a path so that metric labels stay bounded: /rooms/!x:y/state/m.room.name/ → /rooms/:id/state/m.room.name/:key */
+export function routeTemplate(path: string): string {
+  const out: string[] = [];
+  const segments = path.split("?")[0].split("/");
+  segments.forEach((raw, i) => {
+    let seg = raw;
+    try {
+      seg = decodeURIComponent(raw);
+    } catch {
+      /* keep the raw segment */
+    }
+    const twoBack = out[out.length - 2];
+    if (/^[!@#$]/.test(seg)) out.push(":id");
+    else if (twoBack === "send") out.push(":txn");
+    else if (twoBack === "state" && i === segments.length - 1) out.push(":key");
+    else out.push(seg);
+  });
+  return out.join("/");
+}
+
+function isTransientStatus(status: number): boolean {
+  return status >= 500 || status === 429;
+}
+
+export class HomeserverTransport {
+  readonly baseUrl: string;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(private readonly options: TransportOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, "");
+    this.sleep = options.sleep ?? defaultSleep;
+  }
+
+  async request<T = unknown>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const url = new URL(this.baseUrl + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) {
+      if (v !== undefined && v !== null) url.searchParams.set(k, String(v));
+    }
+    if (opts.asUser) url.searchParams.set("user_id", opts.asUser);
+    const token = opts.accessToken === undefined ? this.options.asToken : opts.accessToken;
+    const headers: Record<string, string> = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    let payload: string | undefined;
+    if (opts.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(opts.body);
+    }
+    const route = routeTemplate(path);
+    const idempotent = method !== "POST";
+    const retryMode = opts.retry ?? "auto";
+    const started = process.hrtime.bigint();
+    if (method !== "GET") this.options.metrics.homeserverWrites.inc({ kind: opts.kind ?? `${method} ${route}` });
+
+    for (let attempt = 0; ; attempt++) {
+      let response: Response;
+      try {
+        response = await fetch(url, {
+          method,
+          headers,
+          body: payload,
+          signal: AbortSignal.timeout(opts.timeoutMs ?? this.options.timeoutMs),
+        });
+      } catch (err) {
+        const reason = networkReason(err);
+        this.options.metrics.homeserverRequests.inc({ method, route, outcome: "network" });
+        // A refused connection never reached the server, so even a POST is safe to repeat.
+        const safe = idempotent || reason === "ECONNREFUSED";
+        if (retryMode === "auto" && safe && attempt < this.options.maxRetries) {
+          this.options.metrics.homeserverRetries.inc({ reason: "network" });
+          const delay = backoff(attempt);
+          this.options.logger.debug({ method, route, reason, attempt, delay }, "homeserver request failed, retrying");
+          await this.sleep(delay);
+          continue;
+        }
+        this.observe(method, route, started);
+        throw new HomeserverUnreachableError(this.baseUrl, reason);
+      }
+      const text = await response.text();
+      this.options.metrics.homeserverRequests.inc({ method, route, outcome: String(response.status) });
+      if (response.ok) {
+        this.observe(method, route, started);
+        return (text ? JSON.parse(text) : {}) as T;
+      }
+      let body: Record<string, unknown>;
+      try {
+        const parsed: unknown = JSON.parse(text);
+        body = parsed && typeof parsed === "object" ? (parsed as Record<string, unknown>) : {};
+      } catch {
+        body = {};
+      }
+      if (typeof body.errcode !== "string") {
+        body = { errcode: "M_UNKNOWN", error: `HTTP ${response.status} ${response.statusText}`.trim() };
+      }
+      const transient = isTransientStatus(response.status);
+      const safe = idempotent || response.status === 429;
+      if (retryMode === "auto" && transient && safe && attempt < this.options.maxRetries) {
+        const delay = response.status === 429 ? retryAfter(body, response.headers) ?? backoff(attempt) : backoff(attempt);
+        this.options.metrics.homeserverRetries.inc({ reason: response.status === 429 ? "429" : "5xx" });
+        this.options.logger.debug({ method, route, status: response.status, attempt, delay }, "homeserver answered with a transient error, retrying");
+        await this.sleep(delay);
+        continue;
+      }
+      this.observe(method, route, started);
+      const headerRecord: Record<string, string> = {};
+      response.headers.forEach((value, key) => (headerRecord[key] = value));
+      throw new MatrixError(body as { errcode: string; error: string }, response.status, headerRecord);
+    }
+  }
+
+  private observe(method: string, route: string, started: bigint): void {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    this.options.metrics.homeserverLatency.observe({ method, route }, seconds);
+  }
+}
+
+/** Exponential backoff with jitter: 250 ms, 500 ms, 1 s … capped at 10 s. */
+export function backoff(attempt: number): number {
+  const base = Math.min(10_000, 250 * 2 ** attempt);
+  return Math.round(base / 2 + Math.random() * (base / 2));
+}
+
+function retryAfter(body: Record<string, unknown>, headers: Headers): number | undefined {
+  if (typeof body.retry_after_ms === "number") return Math.min(60_000, body.retry_after_ms);
+  const header = headers.get("retry-after");
+  if (header) {
+    const ms = MatrixError.parseRetryAfterHeader(header);
+    if (Number.isFinite(ms)) return Math.min(60_000, Math.max(0, ms));
+  }
+  return undefined;
+}
+
+function networkReason(err: unknown): string {
+  if (err instanceof Error) {
+    if (err.name === "TimeoutError" || err.name === "AbortError") return "timeout";
+    const cause = (err as Error & { cause?: { code?: string } }).cause;
+    if (cause?.code) return cause.code;
+    return err.message;
+  }
+  return String(err);
+}
+
+export function isMatrixError(err: unknown, errcode?: string): err is MatrixError {
+  return err instanceof MatrixError && (errcode === undefined || err.errcode === errcode);
+}

@@ -1,0 +1,188 @@
+/**
+ * The running service: wires the state store, the transaction intake, the homeserver transport,
+ * the appservice HTTP API and startup. Capabilities (agents, rooms, commands) attach to it.
+ */
+import { EventEmitter } from "node:events";
+import type { Server } from "node:http";
+import type { Config } from "./config/schema";
+import { createAppserviceApp } from "./appservice/http";
+import { EventQueue } from "./events";
+import { createLogger, errorFields, type Logger, type SecretScrubber } from "./logging";
+import { Metrics } from "./metrics";
+import { HiveMatrixClient } from "./matrix/client";
+import { HomeserverTransport } from "./matrix/transport";
+import { ensureRegistered } from "./matrix/users";
+import type { Registration } from "./registration";
+import { pingFromHomeserver, waitForHomeserver, type PingResult, type Versions } from "./startup";
+import { StateStore } from "./store/state-store";
+import { TransactionStore, type MatrixEvent } from "./store/transactions";
+
+export const VERSION: string = (require("../package.json") as { version: string }).version;
+
+export interface ServiceOptions {
+  config: Config;
+  registration: Registration;
+  logger?: Logger;
+  scrubber?: SecretScrubber;
+}
+
+export class HiveMatrixService extends EventEmitter {
+  readonly config: Config;
+  readonly registration: Registration;
+  readonly logger: Logger;
+  readonly metrics = new Metrics({ defaultMetrics: true });
+  readonly transport: HomeserverTransport;
+  readonly bot: HiveMatrixClient;
+  readonly botUserId: string;
+  readonly state: StateStore;
+  readonly transactions: TransactionStore;
+  readonly events: EventQueue;
+  readonly startedAt = Date.now();
+  homeserverVersions: Versions | undefined;
+  lastPing: (PingResult & { at: number }) | undefined;
+  lastPingReceived: { at: number; transactionId?: string } | undefined;
+  private server: Server | undefined;
+  private ready = false;
+  private stopping = false;
+  private readonly abort = new AbortController();
+
+  constructor(options: ServiceOptions) {
+    super();
+    this.config = options.config;
+    this.registration = options.registration;
+    if (options.logger) {
+      this.logger = options.logger;
+      options.scrubber?.add(this.registration.as_token);
+      options.scrubber?.add(this.registration.hs_token);
+    } else {
+      const { logger, scrubber } = createLogger({ level: this.config.logging.level, pretty: this.config.logging.pretty });
+      scrubber.add(this.registration.as_token);
+      scrubber.add(this.registration.hs_token);
+      this.logger = logger;
+    }
+    this.botUserId = `@${this.config.appservice.botLocalpart}:${this.config.homeserver.domain}`;
+    this.transport = new HomeserverTransport({
+      baseUrl: this.config.homeserver.url,
+      asToken: this.registration.as_token,
+      timeoutMs: this.config.homeserver.requestTimeoutMs,
+      maxRetries: this.config.homeserver.maxRetries,
+      logger: this.logger.child({ module: "homeserver" }),
+      metrics: this.metrics,
+    });
+    this.bot = new HiveMatrixClient(this.transport, this.botUserId);
+    this.state = new StateStore(this.config.stateDir);
+    this.transactions = new TransactionStore(this.config.stateDir);
+    this.events = new EventQueue(this.transactions, this.logger.child({ module: "events" }), this.metrics);
+  }
+
+  isReady(): boolean {
+    return this.ready;
+  }
+
+  /** Registers an event handler; handlers run after startup, in transaction order. */
+  onEvent(handler: (event: MatrixEvent) => Promise<void> | void): void {
+    this.events.on(handler);
+  }
+
+  async start(): Promise<void> {
+    const log = this.logger;
+    this.state.init();
+    const pending = this.transactions.open();
+    if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");
+    pending.forEach((entry) => this.events.push(entry));
+    await this.listen();
+    log.info({ bind: this.config.appservice.bind, port: this.config.appservice.port }, "appservice API listening");
+
+    this.homeserverVersions = await waitForHomeserver(this.transport, log, {
+      maxWaitSeconds: this.config.homeserver.startupWaitSeconds,
+      signal: this.abort.signal,
+    });
+    const bot = await ensureRegistered(this.transport, this.config.appservice.botLocalpart, this.config.homeserver.domain);
+    log.info({ userId: bot.userId, created: bot.created }, bot.created ? "bot user registered" : "bot user exists");
+    await this.ensureBotProfile();
+
+    const ping = await pingFromHomeserver(this.transport, this.config.appservice.id, this.config.appservice.url);
+    this.lastPing = { ...ping, at: Date.now() };
+    if (ping.ok) log.info({ durationMs: ping.durationMs }, "homeserver reached the appservice (ping ok)");
+    else if (ping.unsupported) log.info(ping.cause);
+    else log.warn({ errcode: ping.errcode }, `homeserver could not ping the appservice: ${ping.cause}`);
+
+    this.events.start();
+    this.ready = true;
+    this.metrics.ready.set(1);
+    log.info({ version: VERSION, botUserId: this.botUserId }, "hive-matrix is ready");
+    this.emit("ready");
+  }
+
+  /** Stops accepting requests, lets queued events finish, and closes the state files. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.ready = false;
+    this.abort.abort();
+    const server = this.server;
+    if (server) {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    }
+    await this.events.idle();
+    this.transactions.close();
+    this.logger.info("hive-matrix stopped");
+    this.logger.flush();
+  }
+
+  health(): { ready: boolean } & Record<string, unknown> {
+    return {
+      ready: this.ready,
+      live: true,
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      botUserId: this.botUserId,
+      homeserver: { url: this.config.homeserver.url, reachable: this.homeserverVersions !== undefined },
+      ping: this.lastPing ? (this.lastPing.ok ? { ok: true, durationMs: this.lastPing.durationMs } : { ok: false, errcode: this.lastPing.errcode, cause: this.lastPing.cause }) : null,
+    };
+  }
+
+  private async ensureBotProfile(): Promise<void> {
+    const wanted = this.config.appservice.botDisplayName;
+    try {
+      const profile = (await this.bot.getUserProfile(this.botUserId)) as { displayname?: string };
+      if (profile.displayname !== wanted) await this.bot.setDisplayName(wanted);
+    } catch (err) {
+      this.logger.warn(errorFields(err), "could not set the bot's display name");
+    }
+  }
+
+  private listen(): Promise<void> {
+    const app = createAppserviceApp(
+      {
+        onTransaction: async (txnId, events) => {
+          if (this.transactions.has(txnId)) return "duplicate";
+          const entry = this.transactions.accept(txnId, events);
+          this.events.push(entry);
+          this.emit("transaction", txnId, events.length);
+          return "accepted";
+        },
+        onUserQuery: async (userId) => userId === this.botUserId,
+        onPing: (transactionId) => {
+          this.lastPingReceived = { at: Date.now(), transactionId };
+        },
+        health: () => this.health(),
+        metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+      },
+      { hsToken: this.registration.hs_token, maxBodyBytes: this.config.appservice.maxBodyBytes, logger: this.logger, metrics: this.metrics },
+    );
+    return new Promise((resolve, reject) => {
+      const server = app.listen(this.config.appservice.port, this.config.appservice.bind);
+      server.once("listening", () => {
+        this.server = server;
+        resolve();
+      });
+      server.once("error", (err: NodeJS.ErrnoException) => {
+        reject(new Error(`cannot listen on ${this.config.appservice.bind}:${this.config.appservice.port} (${err.code ?? err.message})`));
+      });
+    });
+  }
+}
