@@ -1,0 +1,107 @@
+/**
+ * The foundation against a real Synapse: startup (bot registered, ping), a real transaction
+ * pushed by the homeserver seen exactly once, and a clear ping failure on an hs_token mismatch.
+ */
+import { Writable } from "node:stream";
+import { createLogger } from "../../src/logging";
+import { loadRegistration } from "../../src/registration";
+import { HiveMatrixService } from "../../src/service";
+import type { MatrixEvent } from "../../src/store/transactions";
+import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
+import { registerUser } from "../harness/synapse";
+
+function captureLogs(): { lines: string[]; destination: Writable } {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString("utf8"));
+      cb();
+    },
+  });
+  return { lines, destination };
+}
+
+async function startOn(slot: AcquiredSlot): Promise<{ service: HiveMatrixService; logs: string[]; seen: MatrixEvent[] }> {
+  const config = makeTestConfig(slot, { logging: { level: "debug" } });
+  const registration = loadRegistration(slot.registrationPath);
+  const { lines, destination } = captureLogs();
+  const { logger, scrubber } = createLogger({ level: "debug", destination });
+  const service = new HiveMatrixService({ config, registration, logger, scrubber });
+  const seen: MatrixEvent[] = [];
+  service.onEvent((e) => {
+    seen.push(e);
+  });
+  await service.start();
+  return { service, logs: lines, seen };
+}
+
+async function until(check: () => boolean, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe("foundation against Synapse", () => {
+  let slot: AcquiredSlot;
+  let run: Awaited<ReturnType<typeof startOn>>;
+  const env = e2eEnv();
+
+  beforeAll(async () => {
+    slot = await acquireSlot("standard");
+    run = await startOn(slot);
+  });
+  afterAll(async () => {
+    await run?.service.stop();
+    slot?.release();
+  });
+
+  it("starts: bot registered, homeserver pinged the appservice successfully", async () => {
+    expect(run.service.isReady()).toBe(true);
+    expect(run.service.lastPing).toMatchObject({ ok: true });
+    expect(run.service.lastPingReceived).toBeDefined();
+    const whoami = (await run.service.bot.getWhoAmI()) as { user_id: string };
+    expect(whoami.user_id).toBe(`@${slot.botLocalpart}:${env.synapse.serverName}`);
+  });
+
+  it("receives a real transaction (an invite of the bot) exactly once", async () => {
+    const alice = await registerUser(env.synapse, `alice${Date.now()}`);
+    const create = await fetch(`${env.synapse.url}/_matrix/client/v3/createRoom`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ invite: [run.service.botUserId], preset: "private_chat" }),
+    });
+    expect(create.status).toBe(200);
+    const { room_id: roomId } = (await create.json()) as { room_id: string };
+    const isInvite = (e: MatrixEvent): boolean => e.type === "m.room.member" && e.room_id === roomId && e.state_key === run.service.botUserId && e.content?.membership === "invite";
+    await until(() => run.seen.some(isInvite));
+    // Give Synapse time to (wrongly) redeliver; the service must still have seen it once.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(run.seen.filter(isInvite)).toHaveLength(1);
+  });
+
+  it("keeps every token out of the logs", () => {
+    const all = run.logs.join("");
+    expect(all).toContain("hive-matrix is ready");
+    expect(all).not.toContain(slot.asToken);
+    expect(all).not.toContain(slot.hsToken);
+  });
+});
+
+describe("hs_token mismatch against Synapse", () => {
+  it("the ping fails and the service says why", async () => {
+    const slot = await acquireSlot("badtoken");
+    try {
+      const run = await startOn(slot);
+      expect(run.service.isReady()).toBe(true);
+      expect(run.service.lastPing).toMatchObject({ ok: false, errcode: "M_BAD_STATUS" });
+      const all = run.logs.join("");
+      expect(all).toMatch(/homeserver could not ping the appservice: the appservice refused the homeserver's hs_token \(HTTP 403\)/);
+      expect(all).toMatch(/wrong hs_token refused/);
+      await run.service.stop();
+    } finally {
+      slot.release();
+    }
+  });
+});

@@ -1,0 +1,219 @@
+import { Writable } from "node:stream";
+import { parseConfig } from "../../src/config/load";
+import { createLogger } from "../../src/logging";
+import { buildRegistration, newToken, type Registration } from "../../src/registration";
+import { HiveMatrixService } from "../../src/service";
+import type { MatrixEvent } from "../../src/store/transactions";
+import { FakeHomeserver, type Flavour } from "../support/fake-homeserver";
+import { freeLoopbackPort, tempDir } from "../support/tmp";
+
+interface Harness {
+  hs: FakeHomeserver;
+  service: HiveMatrixService;
+  registration: Registration;
+  seen: MatrixEvent[];
+  logs: string[];
+  url: string;
+  stateDir: string;
+}
+
+async function startService(flavour: Flavour, opts: { stateDir?: string; hsTokenSentByHomeserver?: string; maxBodyBytes?: number; registration?: Registration; port?: number } = {}): Promise<Harness> {
+  const port = opts.port ?? (await freeLoopbackPort());
+  const stateDir = opts.stateDir ?? tempDir();
+  const url = `http://127.0.0.1:${port}`;
+  const registration = opts.registration ?? buildRegistration(parseConfig({ homeserver: { url: "http://x", domain: "hive.test" } }), { asToken: newToken(), hsToken: newToken() });
+  const hs = new FakeHomeserver({
+    flavour,
+    asToken: registration.as_token,
+    hsToken: opts.hsTokenSentByHomeserver ?? registration.hs_token,
+    domain: "hive.test",
+    namespace: /^(hive|agent-[a-z0-9-]+)$/,
+    appserviceUrl: url,
+  });
+  await hs.start();
+  const config = parseConfig({
+    homeserver: { url: hs.url, domain: "hive.test", maxRetries: 0 },
+    appservice: { port, url, maxBodyBytes: opts.maxBodyBytes ?? 20_000_000 },
+    stateDir,
+    logging: { level: "debug" },
+  });
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(chunk.toString("utf8"));
+      cb();
+    },
+  });
+  const { logger, scrubber } = createLogger({ level: "debug", destination });
+  const service = new HiveMatrixService({ config, registration, logger, scrubber });
+  const seen: MatrixEvent[] = [];
+  service.onEvent((e) => {
+    seen.push(e);
+  });
+  await service.start();
+  return { hs, service, registration, seen, logs, url, stateDir };
+}
+
+async function stopAll(h: Harness): Promise<void> {
+  await h.service.stop();
+  await h.hs.stop();
+}
+
+const event = (n: number): MatrixEvent => ({ type: "m.room.message", event_id: `$e${n}`, room_id: "!r:hive.test", sender: "@u:hive.test", content: { body: `hi ${n}` } });
+
+async function put(url: string, path: string, init: { token?: string; query?: string; body?: string; headers?: Record<string, string> }): Promise<{ status: number; body: Record<string, unknown> }> {
+  const headers: Record<string, string> = { "Content-Type": "application/json", ...(init.headers ?? {}) };
+  if (init.token) headers.Authorization = `Bearer ${init.token}`;
+  const r = await fetch(`${url}${path}${init.query ? `?${init.query}` : ""}`, { method: "PUT", headers, body: init.body ?? JSON.stringify({ events: [] }) });
+  return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+}
+
+describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-like homeserver", (flavour) => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startService(flavour);
+  });
+  afterAll(async () => stopAll(h));
+
+  it("becomes ready after registering the bot and a successful ping", async () => {
+    expect(h.service.isReady()).toBe(true);
+    expect(h.hs.users.has("@hive:hive.test")).toBe(true);
+    expect(h.service.lastPing).toMatchObject({ ok: true });
+    expect(h.service.lastPingReceived).toBeDefined();
+    const health = await fetch(`${h.url}/health`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toMatchObject({ ready: true, ping: { ok: true } });
+  });
+
+  it("accepts the hs_token as header, as query parameter, and as both", async () => {
+    const token = h.registration.hs_token;
+    expect((await put(h.url, "/_matrix/app/v1/transactions/h1", { token })).status).toBe(200);
+    expect((await put(h.url, "/_matrix/app/v1/transactions/h2", { query: `access_token=${token}` })).status).toBe(200);
+    expect((await put(h.url, "/_matrix/app/v1/transactions/h3", { token, query: `access_token=${token}` })).status).toBe(200);
+  });
+
+  it("refuses missing and wrong tokens with the spec's codes, and changes nothing", async () => {
+    const before = h.seen.length;
+    const missing = await put(h.url, "/_matrix/app/v1/transactions/x1", { body: JSON.stringify({ events: [event(900)] }) });
+    expect(missing).toEqual({ status: 401, body: { errcode: "M_MISSING_TOKEN", error: "Missing token" } });
+    const wrong = await put(h.url, "/_matrix/app/v1/transactions/x2", { token: "wrong", body: JSON.stringify({ events: [event(901)] }) });
+    expect(wrong).toEqual({ status: 403, body: { errcode: "M_FORBIDDEN", error: "Bad token supplied" } });
+    const mixed = await put(h.url, "/_matrix/app/v1/transactions/x3", { token: h.registration.hs_token, query: "access_token=wrong", body: JSON.stringify({ events: [event(902)] }) });
+    expect(mixed.status).toBe(403);
+    await h.service.events.idle();
+    expect(h.seen.length).toBe(before);
+    // Refused txnIds were not recorded: the real transaction with that id is still processed.
+    expect((await put(h.url, "/_matrix/app/v1/transactions/x1", { token: h.registration.hs_token, body: JSON.stringify({ events: [event(903)] }) })).status).toBe(200);
+    await h.service.events.idle();
+    expect(h.seen.map((e) => e.event_id)).toContain("$e903");
+  });
+
+  it("handles a transaction's events once, however often it is replayed", async () => {
+    const body = { events: [event(1), event(2)] };
+    for (let i = 0; i < 3; i++) expect(await h.hs.pushTransaction("dup-1", body)).toEqual({ status: 200, body: {} });
+    await h.service.events.idle();
+    expect(h.seen.filter((e) => e.event_id === "$e1")).toHaveLength(1);
+    expect(h.seen.filter((e) => e.event_id === "$e2")).toHaveLength(1);
+  });
+
+  it("answers malformed bodies with M_NOT_JSON / M_BAD_JSON and queues nothing", async () => {
+    const token = h.registration.hs_token;
+    const before = h.seen.length;
+    expect(await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: "{not json" })).toEqual({ status: 400, body: { errcode: "M_NOT_JSON", error: "Body is not valid JSON" } });
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b2", { token, body: JSON.stringify({ events: "no" }) })).body.errcode).toBe("M_BAD_JSON");
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b3", { token, body: JSON.stringify([1, 2]) })).body.errcode).toBe("M_BAD_JSON");
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b4", { token, body: JSON.stringify({ events: [{ type: 5 }] }) })).body).toEqual({ errcode: "M_BAD_JSON", error: "events[0].type must be a string" });
+    // The same txnIds still work afterwards: a rejected body records nothing.
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: JSON.stringify({ events: [event(50)] }) })).status).toBe(200);
+    await h.service.events.idle();
+    expect(h.seen.length).toBe(before + 1);
+  });
+
+  it("serves the legacy unprefixed path and the query endpoints", async () => {
+    const token = h.registration.hs_token;
+    expect((await put(h.url, "/transactions/legacy-1", { token, body: JSON.stringify({ events: [event(60)] }) })).status).toBe(200);
+    const auth = { Authorization: `Bearer ${token}` };
+    const user = await fetch(`${h.url}/_matrix/app/v1/users/${encodeURIComponent("@nobody:hive.test")}`, { headers: auth });
+    expect(user.status).toBe(404);
+    expect(await user.json()).toMatchObject({ errcode: "M_NOT_FOUND" });
+    const bot = await fetch(`${h.url}/_matrix/app/v1/users/${encodeURIComponent("@hive:hive.test")}`, { headers: auth });
+    expect(bot.status).toBe(200);
+    const room = await fetch(`${h.url}/_matrix/app/v1/rooms/${encodeURIComponent("#x:hive.test")}`, { headers: auth });
+    expect(room.status).toBe(404);
+    const unknown = await fetch(`${h.url}/_matrix/app/v1/thirdparty/protocol/x`, { headers: auth });
+    expect(unknown.status).toBe(404);
+    expect(await unknown.json()).toMatchObject({ errcode: "M_UNRECOGNIZED" });
+    const wrongMethod = await fetch(`${h.url}/_matrix/app/v1/transactions/1`, { method: "POST", headers: auth });
+    expect(wrongMethod.status).toBe(405);
+  });
+
+  it("exposes Prometheus metrics", async () => {
+    const text = await (await fetch(`${h.url}/metrics`)).text();
+    expect(text).toMatch(/hive_matrix_transactions_total\{result="duplicate"\} [1-9]/);
+    expect(text).toMatch(/hive_matrix_homeserver_requests_total\{method="POST",route="\/_matrix\/client\/v3\/register",outcome="200"\} 1/);
+  });
+
+  it("never logs a token", () => {
+    const all = h.logs.join("");
+    expect(all.length).toBeGreaterThan(0);
+    expect(all).not.toContain(h.registration.as_token);
+    expect(all).not.toContain(h.registration.hs_token);
+  });
+});
+
+describe("durable de-duplication", () => {
+  it("acknowledges a replayed transaction without handling it again after a restart", async () => {
+    const stateDir = tempDir();
+    const port = await freeLoopbackPort();
+    const first = await startService("synapse", { stateDir, port });
+    expect((await first.hs.pushTransaction("42", { events: [event(1)] })).status).toBe(200);
+    await first.service.events.idle();
+    expect(first.seen.map((e) => e.event_id)).toEqual(["$e1"]);
+    await stopAll(first);
+
+    const second = await startService("synapse", { stateDir, port, registration: first.registration });
+    expect((await second.hs.pushTransaction("42", { events: [event(1)] })).status).toBe(200);
+    expect((await second.hs.pushTransaction("43", { events: [event(2)] })).status).toBe(200);
+    await second.service.events.idle();
+    expect(second.seen.map((e) => e.event_id)).toEqual(["$e2"]);
+    await stopAll(second);
+  });
+
+  it("handles after a restart the events acknowledged but not yet handled before it", async () => {
+    const stateDir = tempDir();
+    const port = await freeLoopbackPort();
+    const first = await startService("synapse", { stateDir, port });
+    // A handler that never finishes stands for a crash in the middle of handling.
+    let release: () => void = () => undefined;
+    first.service.onEvent(() => new Promise<void>((r) => (release = r)));
+    expect((await first.hs.pushTransaction("t1", { events: [event(7)] })).status).toBe(200);
+    first.service.transactions.close();
+    const second = await startService("synapse", { stateDir, registration: first.registration });
+    await second.service.events.idle();
+    expect(second.seen.map((e) => e.event_id)).toEqual(["$e7"]);
+    expect((await second.hs.pushTransaction("t1", { events: [event(7)] })).status).toBe(200);
+    await second.service.events.idle();
+    expect(second.seen.map((e) => e.event_id)).toEqual(["$e7"]);
+    release();
+    await stopAll(second);
+    await stopAll(first);
+  });
+});
+
+describe("body limit and ping failures", () => {
+  it("answers 413 M_TOO_LARGE above appservice.maxBodyBytes", async () => {
+    const h = await startService("synapse", { maxBodyBytes: 1000 });
+    const big = JSON.stringify({ events: [{ type: "m.room.message", content: { body: "x".repeat(2000) } }] });
+    expect(await put(h.url, "/_matrix/app/v1/transactions/big", { token: h.registration.hs_token, body: big })).toEqual({ status: 413, body: { errcode: "M_TOO_LARGE", error: "Body exceeds 1000 bytes" } });
+    await stopAll(h);
+  });
+
+  it.each<Flavour>(["synapse", "tuwunel"])("says why the ping fails when the %s homeserver has another hs_token", async (flavour) => {
+    const h = await startService(flavour, { hsTokenSentByHomeserver: newToken() });
+    expect(h.service.isReady()).toBe(true);
+    expect(h.service.lastPing).toMatchObject({ ok: false, errcode: "M_BAD_STATUS" });
+    const log = h.logs.join("");
+    expect(log).toMatch(/homeserver could not ping the appservice: the appservice refused the homeserver's hs_token \(HTTP 403\)/);
+    await stopAll(h);
+  });
+});
