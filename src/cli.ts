@@ -6,6 +6,7 @@ import { discoverAgents } from "./agents/discovery";
 import { ConfigError, loadConfigFile } from "./config/load";
 import type { Config } from "./config/schema";
 import { createLogger } from "./logging";
+import { VERSION } from "./version";
 import { RegistrationError, loadRegistration, templateHasFixedPart, writeRegistration, type Registration } from "./registration";
 
 const EXIT_OK = 0;
@@ -74,14 +75,18 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 /** Returns the exit code, or undefined for a service that keeps running. */
-export async function cli(argv: string[], out: (s: string) => void = (s) => process.stdout.write(`${s}\n`), err: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<number | undefined> {
+export async function cli(
+  argv: string[],
+  out: (s: string) => void = (s) => process.stdout.write(`${s}\n`),
+  err: (s: string) => void = (s) => process.stderr.write(`${s}\n`),
+): Promise<number | undefined> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     out(topHelp());
     return name === undefined ? EXIT_USAGE : EXIT_OK;
   }
   if (name === "--version") {
-    out((require("../package.json") as { version: string }).version);
+    out(VERSION);
     return EXIT_OK;
   }
   const command = COMMANDS.find((c) => c.name === name);
@@ -92,7 +97,12 @@ export async function cli(argv: string[], out: (s: string) => void = (s) => proc
   let values: Record<string, string | boolean | undefined>;
   try {
     const options = Object.fromEntries(Object.entries(command.options).map(([k, o]) => [k, { type: o.type }]));
-    values = parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }).values;
+    values = parseArgs({
+      args: rest,
+      options: { ...options, help: { type: "boolean", short: "h" } },
+      strict: true,
+      allowPositionals: false,
+    }).values;
   } catch (e) {
     err(`hive-matrix ${name}: ${(e as Error).message}\n\n${commandHelp(command)}`);
     return EXIT_USAGE;
@@ -127,10 +137,16 @@ function checkConfig(path: string): Promise<number> {
     process.stderr.write(`${e.message}\n`);
     return Promise.resolve(EXIT_FAILURE);
   }
-  const lines = [`${path}: OK`, `  homeserver ${config.homeserver.url} (${config.homeserver.domain})`, `  appservice ${config.appservice.id} on ${config.appservice.bind}:${config.appservice.port}, bot @${config.appservice.botLocalpart}:${config.homeserver.domain}`];
+  const lines = [
+    `${path}: OK`,
+    `  homeserver ${config.homeserver.url} (${config.homeserver.domain})`,
+    `  appservice ${config.appservice.id} on ${config.appservice.bind}:${config.appservice.port}, bot @${config.appservice.botLocalpart}:${config.homeserver.domain}`,
+  ];
   if (config.operators.length === 0) lines.push("  warning: no operators configured: nobody can command the hive and nobody is invited");
   if (!existsSync(config.appservice.registration)) {
-    lines.push(`  warning: registration ${config.appservice.registration} does not exist yet; create it with \`hive-matrix registration --config ${path}\``);
+    lines.push(
+      `  warning: registration ${config.appservice.registration} does not exist yet; create it with \`hive-matrix registration --config ${path}\``,
+    );
   } else {
     try {
       checkRegistrationMatches(config, loadRegistration(config.appservice.registration));
@@ -164,7 +180,9 @@ export function checkRegistrationMatches(config: Config, reg: Registration): voi
     problems.push(`sender_localpart is "${reg.sender_localpart}" but appservice.botLocalpart is "${config.appservice.botLocalpart}"`);
   }
   if (problems.length > 0) {
-    throw new RegistrationError(`registration ${config.appservice.registration} does not match the config: ${problems.join("; ")}; regenerate it with \`hive-matrix registration\``);
+    throw new RegistrationError(
+      `registration ${config.appservice.registration} does not match the config: ${problems.join("; ")}; regenerate it with \`hive-matrix registration\``,
+    );
   }
 }
 
@@ -200,7 +218,10 @@ async function runService(configPath: string): Promise<number> {
     throw e;
   }
   if (registration.url && registration.url !== config.appservice.url) {
-    logger.warn({ configured: config.appservice.url, registered: registration.url }, "appservice.url differs from the url in the registration file");
+    logger.warn(
+      { configured: config.appservice.url, registered: registration.url },
+      "appservice.url differs from the url in the registration file",
+    );
   }
   return EXIT_OK;
 }

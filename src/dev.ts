@@ -39,7 +39,12 @@ async function main(): Promise<void> {
   const { registration } = writeRegistration(config, config.appservice.registration);
 
   process.stdout.write(`starting Synapse on 127.0.0.1:${ports.synapse} (first run installs it from PyPI, ~30 s)\n`);
-  const synapse = await startSynapse({ baseDir: join(DEV, "synapse"), serverName: domain, port: ports.synapse, appserviceConfigFiles: [config.appservice.registration] });
+  const synapse = await startSynapse({
+    baseDir: join(DEV, "synapse"),
+    serverName: domain,
+    port: ports.synapse,
+    appserviceConfigFiles: [config.appservice.registration],
+  });
   const password = "hive-operator";
   try {
     await registerUser(synapse, "operator", { password, admin: true });

@@ -68,7 +68,10 @@ export class EventQueue {
       try {
         await handler(event);
       } catch (err) {
-        this.logger.error({ eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) }, "event handler failed");
+        this.logger.error(
+          { eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) },
+          "event handler failed",
+        );
       }
     }
   }

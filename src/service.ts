@@ -16,8 +16,9 @@ import type { Registration } from "./registration";
 import { pingFromHomeserver, waitForHomeserver, type PingResult, type Versions } from "./startup";
 import { StateStore } from "./store/state-store";
 import { TransactionStore, type MatrixEvent } from "./store/transactions";
+import { VERSION } from "./version";
 
-export const VERSION: string = (require("../package.json") as { version: string }).version;
+export { VERSION };
 
 export interface ServiceOptions {
   config: Config;
@@ -141,7 +142,11 @@ export class HiveMatrixService extends EventEmitter {
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       botUserId: this.botUserId,
       homeserver: { url: this.config.homeserver.url, reachable: this.homeserverVersions !== undefined },
-      ping: this.lastPing ? (this.lastPing.ok ? { ok: true, durationMs: this.lastPing.durationMs } : { ok: false, errcode: this.lastPing.errcode, cause: this.lastPing.cause }) : null,
+      ping: this.lastPing
+        ? this.lastPing.ok
+          ? { ok: true, durationMs: this.lastPing.durationMs }
+          : { ok: false, errcode: this.lastPing.errcode, cause: this.lastPing.cause }
+        : null,
     };
   }
 
@@ -172,7 +177,12 @@ export class HiveMatrixService extends EventEmitter {
         health: () => this.health(),
         metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
       },
-      { hsToken: this.registration.hs_token, maxBodyBytes: this.config.appservice.maxBodyBytes, logger: this.logger, metrics: this.metrics },
+      {
+        hsToken: this.registration.hs_token,
+        maxBodyBytes: this.config.appservice.maxBodyBytes,
+        logger: this.logger,
+        metrics: this.metrics,
+      },
     );
     return new Promise((resolve, reject) => {
       const server = app.listen(this.config.appservice.port, this.config.appservice.bind);

@@ -22,13 +22,19 @@ export async function waitForHomeserver(
   const started = Date.now();
   for (let attempt = 1; ; attempt++) {
     try {
-      const versions = await transport.request<Versions>("GET", "/_matrix/client/versions", { accessToken: null, retry: "never", timeoutMs: 10_000 });
+      const versions = await transport.request<Versions>("GET", "/_matrix/client/versions", {
+        accessToken: null,
+        retry: "never",
+        timeoutMs: 10_000,
+      });
       if (attempt > 1) logger.info({ attempt, waitedMs: Date.now() - started }, "homeserver is reachable");
       return versions;
     } catch (err) {
       const waited = (Date.now() - started) / 1000;
       if (opts.maxWaitSeconds > 0 && waited >= opts.maxWaitSeconds) {
-        throw new Error(`homeserver ${transport.baseUrl} did not answer /versions within ${opts.maxWaitSeconds}s (${errorFields(err).err})`);
+        throw new Error(
+          `homeserver ${transport.baseUrl} did not answer /versions within ${opts.maxWaitSeconds}s (${errorFields(err).err})`,
+        );
       }
       if (opts.signal?.aborted) throw new Error("startup aborted");
       const delay = Math.min(30_000, 1000 * 2 ** Math.min(attempt - 1, 5));
@@ -38,9 +44,7 @@ export async function waitForHomeserver(
   }
 }
 
-export type PingResult =
-  | { ok: true; durationMs: number }
-  | { ok: false; unsupported?: boolean; errcode: string; cause: string };
+export type PingResult = { ok: true; durationMs: number } | { ok: false; unsupported?: boolean; errcode: string; cause: string };
 
 /** POST /_matrix/client/v1/appservice/{id}/ping: the homeserver calls our /ping and reports. */
 export async function pingFromHomeserver(transport: HomeserverTransport, appserviceId: string, appserviceUrl: string): Promise<PingResult> {
@@ -57,18 +61,39 @@ export async function pingFromHomeserver(transport: HomeserverTransport, appserv
       const body = err.body as { status?: number; body?: string };
       switch (err.errcode) {
         case "M_UNRECOGNIZED":
-          return { ok: false, unsupported: true, errcode: err.errcode, cause: "the homeserver does not support the appservice ping endpoint" };
+          return {
+            ok: false,
+            unsupported: true,
+            errcode: err.errcode,
+            cause: "the homeserver does not support the appservice ping endpoint",
+          };
         case "M_CONNECTION_FAILED":
-          return { ok: false, errcode: err.errcode, cause: `the homeserver cannot connect to appservice.url ${appserviceUrl}: check the URL, bind address, port and firewall as seen from the homeserver` };
+          return {
+            ok: false,
+            errcode: err.errcode,
+            cause: `the homeserver cannot connect to appservice.url ${appserviceUrl}: check the URL, bind address, port and firewall as seen from the homeserver`,
+          };
         case "M_CONNECTION_TIMEOUT":
           return { ok: false, errcode: err.errcode, cause: `the homeserver timed out reaching appservice.url ${appserviceUrl}` };
         case "M_BAD_STATUS":
           if (body.status === 401 || body.status === 403) {
-            return { ok: false, errcode: err.errcode, cause: `the appservice refused the homeserver's hs_token (HTTP ${body.status}): the homeserver's copy of the registration has a different hs_token; reload the registration on the homeserver` };
+            return {
+              ok: false,
+              errcode: err.errcode,
+              cause: `the appservice refused the homeserver's hs_token (HTTP ${body.status}): the homeserver's copy of the registration has a different hs_token; reload the registration on the homeserver`,
+            };
           }
-          return { ok: false, errcode: err.errcode, cause: `the appservice answered the homeserver's ping with HTTP ${body.status ?? "?"}` };
+          return {
+            ok: false,
+            errcode: err.errcode,
+            cause: `the appservice answered the homeserver's ping with HTTP ${body.status ?? "?"}`,
+          };
         case "M_FORBIDDEN":
-          return { ok: false, errcode: err.errcode, cause: `the homeserver does not know appservice id "${appserviceId}": appservice.id must equal the id in the loaded registration` };
+          return {
+            ok: false,
+            errcode: err.errcode,
+            cause: `the homeserver does not know appservice id "${appserviceId}": appservice.id must equal the id in the loaded registration`,
+          };
         default:
           return { ok: false, errcode: err.errcode, cause: err.error ?? err.message };
       }

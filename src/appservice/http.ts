@@ -70,9 +70,12 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     const result = authenticate(req, options.hsToken);
     if (result.ok) return next();
     options.metrics.transactions.inc({ result: "unauthorized" });
-    log.warn({ path: req.path.split("/").slice(0, 5).join("/"), status: result.status }, result.status === 401
-      ? "homeserver request without a token refused"
-      : "homeserver request with a wrong hs_token refused: the homeserver's copy of the registration differs from ours");
+    log.warn(
+      { path: req.path.split("/").slice(0, 5).join("/"), status: result.status },
+      result.status === 401
+        ? "homeserver request without a token refused"
+        : "homeserver request with a wrong hs_token refused: the homeserver's copy of the registration differs from ours",
+    );
     matrixError(res, result.status, result.errcode, result.error);
   };
   const json = express.json({ limit: options.maxBodyBytes, type: () => true, strict: false });
@@ -127,7 +130,8 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     void _next;
     if (err.type === "entity.too.large") return matrixError(res, 413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
     if (err.type === "entity.parse.failed") return matrixError(res, 400, "M_NOT_JSON", "Body is not valid JSON");
-    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported") return matrixError(res, 415, "M_UNKNOWN", "Unsupported encoding");
+    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported")
+      return matrixError(res, 415, "M_UNKNOWN", "Unsupported encoding");
     if (err.type === "request.aborted") return;
     log.error({ err: err.message }, "appservice request failed");
     matrixError(res, 500, "M_UNKNOWN", "Internal error; the homeserver will retry");

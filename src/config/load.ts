@@ -15,7 +15,12 @@ export class ConfigError extends Error {
 }
 
 function keyPath(path: readonly (string | number)[]): string {
-  return path.length === 0 ? "(top level)" : path.map((p) => (typeof p === "number" ? `[${p}]` : p)).join(".").replace(/\.\[/g, "[");
+  return path.length === 0
+    ? "(top level)"
+    : path
+        .map((p) => (typeof p === "number" ? `[${p}]` : p))
+        .join(".")
+        .replace(/\.\[/g, "[");
 }
 
 export function describeIssue(issue: ZodIssue): string[] {
@@ -69,7 +74,10 @@ export function loadConfigFile(path: string): Config {
   }
   const doc = YAML.parseDocument(text);
   if (doc.errors.length > 0) {
-    throw new ConfigError(path, doc.errors.map((e) => `not valid YAML: ${e.message.split("\n")[0]}`));
+    throw new ConfigError(
+      path,
+      doc.errors.map((e) => `not valid YAML: ${e.message.split("\n")[0]}`),
+    );
   }
   return parseConfig(doc.toJS(), path);
 }

@@ -105,13 +105,8 @@ export const configSchema = z
           .min(1)
           .default("/var/lib/hyperhive/agents")
           .describe("An agent exists when <stateRoot>/<name>/state/ exists."),
-        names: z
-          .array(z.string())
-          .default([])
-          .describe("Agents to provision besides the discovered ones."),
-        localpart: localpartTemplate
-          .default("agent-{name}")
-          .describe("Localpart template of agent users; {name} is the agent name."),
+        names: z.array(z.string()).default([]).describe("Agents to provision besides the discovered ones."),
+        localpart: localpartTemplate.default("agent-{name}").describe("Localpart template of agent users; {name} is the agent name."),
         maxNameLength: z.number().int().min(1).max(64).default(9).describe("Longest agent name accepted."),
         restartCommand: z
           .array(z.string().min(1))
@@ -124,10 +119,7 @@ export const configSchema = z
       .describe("Agent discovery and provisioning."),
     logging: z
       .object({
-        level: z
-          .enum(["trace", "debug", "info", "warn", "error", "fatal"])
-          .default("info")
-          .describe("Log level."),
+        level: z.enum(["trace", "debug", "info", "warn", "error", "fatal"]).default("info").describe("Log level."),
         pretty: z.boolean().default(false).describe("Human-readable log lines instead of JSON."),
       })
       .strict()

@@ -146,9 +146,12 @@ export class HomeserverTransport {
       const transient = isTransientStatus(response.status);
       const safe = idempotent || response.status === 429;
       if (retryMode === "auto" && transient && safe && attempt < this.options.maxRetries) {
-        const delay = response.status === 429 ? retryAfter(body, response.headers) ?? backoff(attempt) : backoff(attempt);
+        const delay = response.status === 429 ? (retryAfter(body, response.headers) ?? backoff(attempt)) : backoff(attempt);
         this.options.metrics.homeserverRetries.inc({ reason: response.status === 429 ? "429" : "5xx" });
-        this.options.logger.debug({ method, route, status: response.status, attempt, delay }, "homeserver answered with a transient error, retrying");
+        this.options.logger.debug(
+          { method, route, status: response.status, attempt, delay },
+          "homeserver answered with a transient error, retrying",
+        );
         await this.sleep(delay);
         continue;
       }

@@ -7,7 +7,10 @@ import type { HomeserverTransport } from "./transport";
 import { isMatrixError } from "./transport";
 
 export class NamespaceError extends Error {
-  constructor(readonly userId: string, detail: string) {
+  constructor(
+    readonly userId: string,
+    detail: string,
+  ) {
     super(
       `the homeserver refused ${userId} as outside the appservice's namespace (${detail}); ` +
         "make sure the homeserver loaded the current registration (`hive-matrix registration` writes it)",

@@ -10,16 +10,7 @@
  * Seen txnIds live in an append-only log (one JSON string per line, fdatasync'd), bounded by
  * compaction to the most recent `capacity` ids.
  */
-import {
-  closeSync,
-  fdatasyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readdirSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, fdatasyncSync, mkdirSync, openSync, readFileSync, readdirSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { fsyncDir, writeFileAtomic } from "./atomic-file";
@@ -72,7 +63,8 @@ export class TransactionStore {
     try {
       text = readFileSync(logPath, "utf8");
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new StateError(logPath, `cannot read (${(err as NodeJS.ErrnoException).code})`);
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+        throw new StateError(logPath, `cannot read (${(err as NodeJS.ErrnoException).code})`);
     }
     const lines = text.split("\n");
     lines.forEach((line, i) => {
@@ -165,7 +157,11 @@ export class TransactionStore {
       } catch {
         parsed = undefined;
       }
-      if (!parsed?.success) throw new StateError(file, "is corrupted; it holds acknowledged events, so it is not dropped: inspect it, then remove it deliberately");
+      if (!parsed?.success)
+        throw new StateError(
+          file,
+          "is corrupted; it holds acknowledged events, so it is not dropped: inspect it, then remove it deliberately",
+        );
       entries.push(parsed.data as InboxEntry);
     }
     return entries;

@@ -8,10 +8,25 @@ class Unavailable {
   }
 }
 const names = [
-  "OlmMachine", "UserId", "DeviceId", "RoomId", "DeviceLists", "EncryptionSettings",
-  "Attachment", "EncryptedAttachment", "RequestType", "StoreType", "KeysUploadRequest",
-  "KeysQueryRequest", "KeysClaimRequest", "ToDeviceRequest", "SignatureUploadRequest",
-  "RoomMessageRequest", "KeysBackupRequest", "HistoryVisibility", "EncryptionAlgorithm",
+  "OlmMachine",
+  "UserId",
+  "DeviceId",
+  "RoomId",
+  "DeviceLists",
+  "EncryptionSettings",
+  "Attachment",
+  "EncryptedAttachment",
+  "RequestType",
+  "StoreType",
+  "KeysUploadRequest",
+  "KeysQueryRequest",
+  "KeysClaimRequest",
+  "ToDeviceRequest",
+  "SignatureUploadRequest",
+  "RoomMessageRequest",
+  "KeysBackupRequest",
+  "HistoryVisibility",
+  "EncryptionAlgorithm",
 ];
 for (const name of names) {
   module.exports[name] = class extends Unavailable {};

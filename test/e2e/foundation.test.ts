@@ -74,7 +74,8 @@ describe("foundation against Synapse", () => {
     });
     expect(create.status).toBe(200);
     const { room_id: roomId } = (await create.json()) as { room_id: string };
-    const isInvite = (e: MatrixEvent): boolean => e.type === "m.room.member" && e.room_id === roomId && e.state_key === run.service.botUserId && e.content?.membership === "invite";
+    const isInvite = (e: MatrixEvent): boolean =>
+      e.type === "m.room.member" && e.room_id === roomId && e.state_key === run.service.botUserId && e.content?.membership === "invite";
     await until(() => run.seen.some(isInvite));
     // Give Synapse time to (wrongly) redeliver; the service must still have seen it once.
     await new Promise((r) => setTimeout(r, 1500));

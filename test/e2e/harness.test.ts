@@ -190,8 +190,9 @@ describe("e2e harness", () => {
     try {
       expect(slot.agentTemplate).toBe("{name}");
       expect(slot.preexistingAccounts.map((a) => a.name)).toEqual(["old1", "old2", "old3"]);
-      const regexes = (YAML.parse(readFileSync(slot.registrationPath, "utf8")) as { namespaces: { users: { regex: string }[] } })
-        .namespaces.users.map((u) => u.regex);
+      const regexes = (
+        YAML.parse(readFileSync(slot.registrationPath, "utf8")) as { namespaces: { users: { regex: string }[] } }
+      ).namespaces.users.map((u) => u.regex);
       expect(regexes).toContain(`^@old1:${hs.serverName.replace(/\./g, "\\.")}$`);
       for (const account of slot.preexistingAccounts) {
         expect(account.userId).toBe(`@${account.name}:${hs.serverName}`);

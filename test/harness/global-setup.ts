@@ -4,22 +4,16 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import {
-  CURRENT_RUN_FILE,
-  RUNS_ROOT,
-  RUN_DIR_ENV,
-  SLOT_KINDS,
-  buildSlots,
-  saveSlot,
-  stopOrphanedSynapses,
-  type E2eEnv,
-} from "./slots";
+import { CURRENT_RUN_FILE, RUNS_ROOT, RUN_DIR_ENV, SLOT_KINDS, buildSlots, saveSlot, stopOrphanedSynapses, type E2eEnv } from "./slots";
 import { DEFAULT_SERVER_NAME, freePort, registerUser, startSynapse } from "./synapse";
 
 export default async function globalSetup(): Promise<void> {
   const t0 = Date.now();
   await stopOrphanedSynapses();
-  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
   const runDir = join(RUNS_ROOT, `${stamp}-${process.pid}`);
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const baseDir = join(runDir, "synapse");

@@ -81,7 +81,12 @@ export class FakeHomeserver {
       const body = rec.body as { username: string };
       const localpart = this.options.flavour === "tuwunel" ? body.username.toLowerCase() : body.username;
       if (!this.options.namespace.test(localpart)) {
-        return send(400, this.options.flavour === "tuwunel" ? { errcode: "M_EXCLUSIVE", error: "not in namespace" } : { errcode: "M_FORBIDDEN", error: "not in namespace" });
+        return send(
+          400,
+          this.options.flavour === "tuwunel"
+            ? { errcode: "M_EXCLUSIVE", error: "not in namespace" }
+            : { errcode: "M_FORBIDDEN", error: "not in namespace" },
+        );
       }
       const userId = `@${localpart}:${this.options.domain}`;
       if (this.users.has(userId)) return send(400, { errcode: "M_USER_IN_USE", error: "taken" });

@@ -17,11 +17,16 @@ interface Harness {
   stateDir: string;
 }
 
-async function startService(flavour: Flavour, opts: { stateDir?: string; hsTokenSentByHomeserver?: string; maxBodyBytes?: number; registration?: Registration; port?: number } = {}): Promise<Harness> {
+async function startService(
+  flavour: Flavour,
+  opts: { stateDir?: string; hsTokenSentByHomeserver?: string; maxBodyBytes?: number; registration?: Registration; port?: number } = {},
+): Promise<Harness> {
   const port = opts.port ?? (await freeLoopbackPort());
   const stateDir = opts.stateDir ?? tempDir();
   const url = `http://127.0.0.1:${port}`;
-  const registration = opts.registration ?? buildRegistration(parseConfig({ homeserver: { url: "http://x", domain: "hive.test" } }), { asToken: newToken(), hsToken: newToken() });
+  const registration =
+    opts.registration ??
+    buildRegistration(parseConfig({ homeserver: { url: "http://x", domain: "hive.test" } }), { asToken: newToken(), hsToken: newToken() });
   const hs = new FakeHomeserver({
     flavour,
     asToken: registration.as_token,
@@ -59,12 +64,26 @@ async function stopAll(h: Harness): Promise<void> {
   await h.hs.stop();
 }
 
-const event = (n: number): MatrixEvent => ({ type: "m.room.message", event_id: `$e${n}`, room_id: "!r:hive.test", sender: "@u:hive.test", content: { body: `hi ${n}` } });
+const event = (n: number): MatrixEvent => ({
+  type: "m.room.message",
+  event_id: `$e${n}`,
+  room_id: "!r:hive.test",
+  sender: "@u:hive.test",
+  content: { body: `hi ${n}` },
+});
 
-async function put(url: string, path: string, init: { token?: string; query?: string; body?: string; headers?: Record<string, string> }): Promise<{ status: number; body: Record<string, unknown> }> {
+async function put(
+  url: string,
+  path: string,
+  init: { token?: string; query?: string; body?: string; headers?: Record<string, string> },
+): Promise<{ status: number; body: Record<string, unknown> }> {
   const headers: Record<string, string> = { "Content-Type": "application/json", ...(init.headers ?? {}) };
   if (init.token) headers.Authorization = `Bearer ${init.token}`;
-  const r = await fetch(`${url}${path}${init.query ? `?${init.query}` : ""}`, { method: "PUT", headers, body: init.body ?? JSON.stringify({ events: [] }) });
+  const r = await fetch(`${url}${path}${init.query ? `?${init.query}` : ""}`, {
+    method: "PUT",
+    headers,
+    body: init.body ?? JSON.stringify({ events: [] }),
+  });
   return { status: r.status, body: (await r.json()) as Record<string, unknown> };
 }
 
@@ -98,12 +117,23 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
     expect(missing).toEqual({ status: 401, body: { errcode: "M_MISSING_TOKEN", error: "Missing token" } });
     const wrong = await put(h.url, "/_matrix/app/v1/transactions/x2", { token: "wrong", body: JSON.stringify({ events: [event(901)] }) });
     expect(wrong).toEqual({ status: 403, body: { errcode: "M_FORBIDDEN", error: "Bad token supplied" } });
-    const mixed = await put(h.url, "/_matrix/app/v1/transactions/x3", { token: h.registration.hs_token, query: "access_token=wrong", body: JSON.stringify({ events: [event(902)] }) });
+    const mixed = await put(h.url, "/_matrix/app/v1/transactions/x3", {
+      token: h.registration.hs_token,
+      query: "access_token=wrong",
+      body: JSON.stringify({ events: [event(902)] }),
+    });
     expect(mixed.status).toBe(403);
     await h.service.events.idle();
     expect(h.seen.length).toBe(before);
     // Refused txnIds were not recorded: the real transaction with that id is still processed.
-    expect((await put(h.url, "/_matrix/app/v1/transactions/x1", { token: h.registration.hs_token, body: JSON.stringify({ events: [event(903)] }) })).status).toBe(200);
+    expect(
+      (
+        await put(h.url, "/_matrix/app/v1/transactions/x1", {
+          token: h.registration.hs_token,
+          body: JSON.stringify({ events: [event(903)] }),
+        })
+      ).status,
+    ).toBe(200);
     await h.service.events.idle();
     expect(h.seen.map((e) => e.event_id)).toContain("$e903");
   });
@@ -119,12 +149,22 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
   it("answers malformed bodies with M_NOT_JSON / M_BAD_JSON and queues nothing", async () => {
     const token = h.registration.hs_token;
     const before = h.seen.length;
-    expect(await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: "{not json" })).toEqual({ status: 400, body: { errcode: "M_NOT_JSON", error: "Body is not valid JSON" } });
-    expect((await put(h.url, "/_matrix/app/v1/transactions/b2", { token, body: JSON.stringify({ events: "no" }) })).body.errcode).toBe("M_BAD_JSON");
+    expect(await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: "{not json" })).toEqual({
+      status: 400,
+      body: { errcode: "M_NOT_JSON", error: "Body is not valid JSON" },
+    });
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b2", { token, body: JSON.stringify({ events: "no" }) })).body.errcode).toBe(
+      "M_BAD_JSON",
+    );
     expect((await put(h.url, "/_matrix/app/v1/transactions/b3", { token, body: JSON.stringify([1, 2]) })).body.errcode).toBe("M_BAD_JSON");
-    expect((await put(h.url, "/_matrix/app/v1/transactions/b4", { token, body: JSON.stringify({ events: [{ type: 5 }] }) })).body).toEqual({ errcode: "M_BAD_JSON", error: "events[0].type must be a string" });
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b4", { token, body: JSON.stringify({ events: [{ type: 5 }] }) })).body).toEqual({
+      errcode: "M_BAD_JSON",
+      error: "events[0].type must be a string",
+    });
     // The same txnIds still work afterwards: a rejected body records nothing.
-    expect((await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: JSON.stringify({ events: [event(50)] }) })).status).toBe(200);
+    expect((await put(h.url, "/_matrix/app/v1/transactions/b1", { token, body: JSON.stringify({ events: [event(50)] }) })).status).toBe(
+      200,
+    );
     await h.service.events.idle();
     expect(h.seen.length).toBe(before + 1);
   });
@@ -204,7 +244,10 @@ describe("body limit and ping failures", () => {
   it("answers 413 M_TOO_LARGE above appservice.maxBodyBytes", async () => {
     const h = await startService("synapse", { maxBodyBytes: 1000 });
     const big = JSON.stringify({ events: [{ type: "m.room.message", content: { body: "x".repeat(2000) } }] });
-    expect(await put(h.url, "/_matrix/app/v1/transactions/big", { token: h.registration.hs_token, body: big })).toEqual({ status: 413, body: { errcode: "M_TOO_LARGE", error: "Body exceeds 1000 bytes" } });
+    expect(await put(h.url, "/_matrix/app/v1/transactions/big", { token: h.registration.hs_token, body: big })).toEqual({
+      status: 413,
+      body: { errcode: "M_TOO_LARGE", error: "Body exceeds 1000 bytes" },
+    });
     await stopAll(h);
   });
 

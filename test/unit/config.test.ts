@@ -54,7 +54,9 @@ describe("config validation", () => {
 
   it("refuses a localpart template without exactly one {name} or with bad characters", () => {
     expect(problemsOf({ ...minimal, agents: { localpart: "agent" } })).toEqual(["agents.localpart: must contain {name} exactly once"]);
-    expect(problemsOf({ ...minimal, agents: { localpart: "{name}-{name}" } })).toEqual(["agents.localpart: must contain {name} exactly once"]);
+    expect(problemsOf({ ...minimal, agents: { localpart: "{name}-{name}" } })).toEqual([
+      "agents.localpart: must contain {name} exactly once",
+    ]);
     expect(problemsOf({ ...minimal, agents: { localpart: "Agent_{name}" } })[0]).toMatch(/^agents\.localpart: may only contain/);
   });
 

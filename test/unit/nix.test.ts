@@ -63,8 +63,7 @@ function lib(fn: string, input: JsonObject): Json {
 }
 
 function evalModule(settings: JsonObject, domain: string | null = "hive.example"): JsonObject {
-  const expr =
-    "{ file, domain, settings }: import file { settings = builtins.fromJSON settings; domain = builtins.fromJSON domain; }";
+  const expr = "{ file, domain, settings }: import file { settings = builtins.fromJSON settings; domain = builtins.fromJSON domain; }";
   return evalJson(expr, {
     file: join(nixDir, "tests", "eval-module.nix"),
     domain: JSON.stringify(domain),
@@ -429,12 +428,16 @@ describe("nix/", () => {
 
     it("derives each registry tarball URL from the entry's name and version", () => {
       const lockFile = JSON.parse(readFileSync(join(repo, "package-lock.json"), "utf8")) as { packages: Record<string, JsonObject> };
-      const resolved = evalJson(fixExpr("builtins.mapAttrs (_: e: e.resolved or null) fixed.packages"), args) as Record<string, string | null>;
+      const resolved = evalJson(fixExpr("builtins.mapAttrs (_: e: e.resolved or null) fixed.packages"), args) as Record<
+        string,
+        string | null
+      >;
       for (const [path, entry] of Object.entries(lockFile.packages)) {
         if (path === "" || entry.link === true || typeof entry.integrity !== "string") continue;
         const name = typeof entry.name === "string" ? entry.name : path.slice(path.lastIndexOf("node_modules/") + "node_modules/".length);
         const base = name.includes("/") ? name.slice(name.indexOf("/") + 1) : name;
-        const url = typeof entry.resolved === "string" ? entry.resolved : `https://registry.npmjs.org/${name}/-/${base}-${String(entry.version)}.tgz`;
+        const url =
+          typeof entry.resolved === "string" ? entry.resolved : `https://registry.npmjs.org/${name}/-/${base}-${String(entry.version)}.tgz`;
         expect([path, resolved[path]]).toEqual([path, url]);
       }
     });
@@ -530,7 +533,9 @@ describe("nix/", () => {
       expect(container.loadCredential).toEqual([]);
       expect(container.tuwunelSettings).toMatchObject({ global: { address: ["0.0.0.0"], allow_registration: false } });
       expect((container.tuwunelSettings as { global: JsonObject }).global).not.toHaveProperty("appservice_dir");
-      expect(out.gateway).toMatchObject({ virtualHosts: { "matrix.hive.example": ["/", "/.well-known/matrix/", "/_matrix/", "= /config.json"] } });
+      expect(out.gateway).toMatchObject({
+        virtualHosts: { "matrix.hive.example": ["/", "/.well-known/matrix/", "/_matrix/", "= /config.json"] },
+      });
     });
 
     it("reports a missing domain through an assertion, not an evaluation error", () => {

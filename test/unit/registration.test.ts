@@ -17,7 +17,10 @@ describe("registration", () => {
     expect(first.registration.as_token).not.toBe(first.registration.hs_token);
     expect(statSync(path).mode & 0o777).toBe(0o600);
 
-    const changed = parseConfig({ homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" }, appservice: { url: "http://10.0.0.1:9010" } });
+    const changed = parseConfig({
+      homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" },
+      appservice: { url: "http://10.0.0.1:9010" },
+    });
     const second = writeRegistration(changed, path);
     expect(second.freshTokens).toBe(false);
     expect(second.registration.as_token).toBe(first.registration.as_token);
@@ -42,7 +45,11 @@ describe("registration", () => {
   it("lists agents explicitly for the bare {name} template", () => {
     const legacy = parseConfig({ homeserver: { url: "http://h", domain: "hive.example" }, agents: { localpart: "{name}" } });
     const reg = buildRegistration(legacy, { asToken: "a".repeat(64), hsToken: "b".repeat(64) }, ["bob", "alice", "bob"]);
-    expect(reg.namespaces.users.map((n) => n.regex)).toEqual(["^@hive:hive\\.example$", "^@alice:hive\\.example$", "^@bob:hive\\.example$"]);
+    expect(reg.namespaces.users.map((n) => n.regex)).toEqual([
+      "^@hive:hive\\.example$",
+      "^@alice:hive\\.example$",
+      "^@bob:hive\\.example$",
+    ]);
   });
 
   it("escapes regex metacharacters", () => {
