@@ -36,7 +36,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 rm -f "$marker"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" >&2
-"$venv/bin/python" -c 'import synapse, sys; sys.exit(0 if synapse.__version__ == sys.argv[1] else 1)' "$SYNAPSE_VERSION" || {
+"$venv/bin/python" -c 'import synapse, sys; sys.exit(0 if synapse.__version__.split()[0] == sys.argv[1] else 1)' "$SYNAPSE_VERSION" || {
   echo "synapse-install: installed synapse does not report version $SYNAPSE_VERSION" >&2
   exit 1
 }
