@@ -185,11 +185,13 @@ function retryAfter(body: Record<string, unknown>, headers: Headers): number | u
 }
 
 function networkReason(err: unknown): string {
-  if (err instanceof Error) {
-    if (err.name === "TimeoutError" || err.name === "AbortError") return "timeout";
-    const cause = (err as Error & { cause?: { code?: string } }).cause;
-    if (cause?.code) return cause.code;
-    return err.message;
+  // Duck-typed: errors from undici may come from another realm (e.g. under jest), where instanceof fails.
+  if (err && typeof err === "object") {
+    const e = err as { name?: string; message?: string; cause?: { code?: string; errors?: { code?: string }[] } };
+    if (e.name === "TimeoutError" || e.name === "AbortError") return "timeout";
+    const code = e.cause?.code ?? e.cause?.errors?.find((x) => x.code)?.code;
+    if (code) return code;
+    if (e.message) return e.message;
   }
   return String(err);
 }

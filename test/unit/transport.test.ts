@@ -1,0 +1,96 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { MatrixError } from "matrix-bot-sdk";
+import { createLogger } from "../../src/logging";
+import { Metrics } from "../../src/metrics";
+import { HomeserverTransport, HomeserverUnreachableError, routeTemplate } from "../../src/matrix/transport";
+import { freeLoopbackPort } from "../support/tmp";
+
+/** A server that answers each request with the next scripted status. */
+async function scripted(
+  statuses: number[],
+  body: (status: number) => unknown,
+): Promise<{ url: string; hits: () => number; server: Server }> {
+  let hits = 0;
+  const server = createServer((_req, res) => {
+    const status = statuses[Math.min(hits, statuses.length - 1)];
+    hits++;
+    res.writeHead(status, { "Content-Type": "application/json" });
+    res.end(JSON.stringify(body(status)));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits: () => hits, server };
+}
+
+function transport(url: string, sleeps: number[] = []): HomeserverTransport {
+  return new HomeserverTransport({
+    baseUrl: url,
+    asToken: "as-token-secret-value",
+    timeoutMs: 2000,
+    maxRetries: 3,
+    logger: createLogger({ level: "silent" }).logger,
+    metrics: new Metrics(),
+    sleep: async (ms) => {
+      sleeps.push(ms);
+    },
+  });
+}
+
+const errBody = (status: number): unknown =>
+  status === 429
+    ? { errcode: "M_LIMIT_EXCEEDED", error: "slow down", retry_after_ms: 1234 }
+    : status >= 400
+      ? { errcode: "M_UNKNOWN", error: "boom" }
+      : { ok: true };
+
+describe("homeserver transport", () => {
+  it("retries GET on 5xx and honours retry_after_ms on 429", async () => {
+    const s = await scripted([502, 429, 200], errBody);
+    const sleeps: number[] = [];
+    await expect(transport(s.url, sleeps).request("GET", "/x")).resolves.toEqual({ ok: true });
+    expect(s.hits()).toBe(3);
+    expect(sleeps[1]).toBe(1234);
+    s.server.close();
+  });
+
+  it("does not repeat a POST that may have been applied (5xx), but does on 429", async () => {
+    const s = await scripted([500, 200], errBody);
+    await expect(transport(s.url).request("POST", "/x", { body: {} })).rejects.toBeInstanceOf(MatrixError);
+    expect(s.hits()).toBe(1);
+    s.server.close();
+    const r = await scripted([429, 200], errBody);
+    await expect(transport(r.url).request("POST", "/x", { body: {} })).resolves.toEqual({ ok: true });
+    expect(r.hits()).toBe(2);
+    r.server.close();
+  });
+
+  it("gives up after maxRetries with the homeserver's error", async () => {
+    const s = await scripted([503], errBody);
+    const err = (await transport(s.url)
+      .request("GET", "/x")
+      .catch((e: unknown) => e)) as MatrixError;
+    expect(err).toBeInstanceOf(MatrixError);
+    expect(err.statusCode).toBe(503);
+    expect(s.hits()).toBe(4);
+    s.server.close();
+  });
+
+  it("reports an unreachable homeserver after retrying, without the token in the error", async () => {
+    const port = await freeLoopbackPort();
+    const err = (await transport(`http://127.0.0.1:${port}`)
+      .request("GET", "/x")
+      .catch((e: unknown) => e)) as Error;
+    expect(err).toBeInstanceOf(HomeserverUnreachableError);
+    expect(err.message).toBe("homeserver unreachable (ECONNREFUSED)");
+  });
+
+  it("keeps metric labels bounded by replacing IDs", () => {
+    expect(routeTemplate("/_matrix/client/v3/rooms/!abc%3Ahive/state/m.room.name/")).toBe(
+      "/_matrix/client/v3/rooms/:id/state/m.room.name/:key",
+    );
+    expect(routeTemplate("/_matrix/client/v3/rooms/!a:b/send/m.room.message/txn123")).toBe(
+      "/_matrix/client/v3/rooms/:id/send/m.room.message/:txn",
+    );
+    expect(routeTemplate("/_matrix/client/v3/profile/%40hive%3Ax/displayname")).toBe("/_matrix/client/v3/profile/:id/displayname");
+  });
+});
