@@ -51,16 +51,12 @@ export class HiveMatrixService extends EventEmitter {
     super();
     this.config = options.config;
     this.registration = options.registration;
-    if (options.logger) {
-      this.logger = options.logger;
-      options.scrubber?.add(this.registration.as_token);
-      options.scrubber?.add(this.registration.hs_token);
-    } else {
-      const { logger, scrubber } = createLogger({ level: this.config.logging.level, pretty: this.config.logging.pretty });
-      scrubber.add(this.registration.as_token);
-      scrubber.add(this.registration.hs_token);
-      this.logger = logger;
-    }
+    const { logger, scrubber } = options.logger
+      ? { logger: options.logger, scrubber: options.scrubber }
+      : createLogger({ level: this.config.logging.level, pretty: this.config.logging.pretty });
+    scrubber?.add(this.registration.as_token);
+    scrubber?.add(this.registration.hs_token);
+    this.logger = logger;
     this.botUserId = `@${this.config.appservice.botLocalpart}:${this.config.homeserver.domain}`;
     this.transport = new HomeserverTransport({
       baseUrl: this.config.homeserver.url,

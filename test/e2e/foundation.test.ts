@@ -2,24 +2,13 @@
  * The foundation against a real Synapse: startup (bot registered, ping), a real transaction
  * pushed by the homeserver seen exactly once, and a clear ping failure on an hs_token mismatch.
  */
-import { Writable } from "node:stream";
 import { createLogger } from "../../src/logging";
 import { loadRegistration } from "../../src/registration";
 import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { registerUser } from "../harness/synapse";
-
-function captureLogs(): { lines: string[]; destination: Writable } {
-  const lines: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString("utf8"));
-      cb();
-    },
-  });
-  return { lines, destination };
-}
+import { captureLogs } from "../support/logs";
 
 async function startOn(slot: AcquiredSlot): Promise<{ service: HiveMatrixService; logs: string[]; seen: MatrixEvent[] }> {
   const config = makeTestConfig(slot, { logging: { level: "debug" } });

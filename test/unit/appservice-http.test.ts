@@ -1,11 +1,12 @@
-import { Writable } from "node:stream";
 import { parseConfig } from "../../src/config/load";
 import { createLogger } from "../../src/logging";
 import { buildRegistration, newToken, type Registration } from "../../src/registration";
 import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { FakeHomeserver, type Flavour } from "../support/fake-homeserver";
-import { freeLoopbackPort, tempDir } from "../support/tmp";
+import { freePort } from "../harness/synapse";
+import { captureLogs } from "../support/logs";
+import { tempDir } from "../support/tmp";
 
 interface Harness {
   hs: FakeHomeserver;
@@ -21,7 +22,7 @@ async function startService(
   flavour: Flavour,
   opts: { stateDir?: string; hsTokenSentByHomeserver?: string; maxBodyBytes?: number; registration?: Registration; port?: number } = {},
 ): Promise<Harness> {
-  const port = opts.port ?? (await freeLoopbackPort());
+  const port = opts.port ?? (await freePort());
   const stateDir = opts.stateDir ?? tempDir();
   const url = `http://127.0.0.1:${port}`;
   const registration =
@@ -42,13 +43,7 @@ async function startService(
     stateDir,
     logging: { level: "debug" },
   });
-  const logs: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      logs.push(chunk.toString("utf8"));
-      cb();
-    },
-  });
+  const { lines: logs, destination } = captureLogs();
   const { logger, scrubber } = createLogger({ level: "debug", destination });
   const service = new HiveMatrixService({ config, registration, logger, scrubber });
   const seen: MatrixEvent[] = [];
@@ -204,7 +199,7 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
 describe("durable de-duplication", () => {
   it("acknowledges a replayed transaction without handling it again after a restart", async () => {
     const stateDir = tempDir();
-    const port = await freeLoopbackPort();
+    const port = await freePort();
     const first = await startService("synapse", { stateDir, port });
     expect((await first.hs.pushTransaction("42", { events: [event(1)] })).status).toBe(200);
     await first.service.events.idle();
@@ -221,7 +216,7 @@ describe("durable de-duplication", () => {
 
   it("handles after a restart the events acknowledged but not yet handled before it", async () => {
     const stateDir = tempDir();
-    const port = await freeLoopbackPort();
+    const port = await freePort();
     const first = await startService("synapse", { stateDir, port });
     // A handler that never finishes stands for a crash in the middle of handling.
     let release: () => void = () => undefined;

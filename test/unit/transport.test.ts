@@ -4,7 +4,7 @@ import { MatrixError } from "matrix-bot-sdk";
 import { createLogger } from "../../src/logging";
 import { Metrics } from "../../src/metrics";
 import { HomeserverTransport, HomeserverUnreachableError, routeTemplate } from "../../src/matrix/transport";
-import { freeLoopbackPort } from "../support/tmp";
+import { freePort } from "../harness/synapse";
 
 /** A server that answers each request with the next scripted status. */
 async function scripted(
@@ -76,7 +76,7 @@ describe("homeserver transport", () => {
   });
 
   it("reports an unreachable homeserver after retrying, without the token in the error", async () => {
-    const port = await freeLoopbackPort();
+    const port = await freePort();
     const err = (await transport(`http://127.0.0.1:${port}`)
       .request("GET", "/x")
       .catch((e: unknown) => e)) as Error;
