@@ -2,26 +2,16 @@
  * The foundation against a real Synapse: startup (bot registered, ping), a real transaction
  * pushed by the homeserver seen exactly once, and a clear ping failure on an hs_token mismatch.
  */
-import { createLogger } from "../../src/logging";
 import { loadRegistration } from "../../src/registration";
-import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { registerUser } from "../harness/synapse";
-import { captureLogs } from "../support/logs";
+import { startRecordedService, type StartedService } from "../support/service";
 
-async function startOn(slot: AcquiredSlot): Promise<{ service: HiveMatrixService; logs: string[]; seen: MatrixEvent[] }> {
+async function startOn(slot: AcquiredSlot): Promise<StartedService> {
   const config = makeTestConfig(slot, { logging: { level: "debug" } });
   const registration = loadRegistration(slot.registrationPath);
-  const { lines, destination } = captureLogs();
-  const { logger, scrubber } = createLogger({ level: "debug", destination });
-  const service = new HiveMatrixService({ config, registration, logger, scrubber });
-  const seen: MatrixEvent[] = [];
-  service.onEvent((e) => {
-    seen.push(e);
-  });
-  await service.start();
-  return { service, logs: lines, seen };
+  return startRecordedService(config, registration);
 }
 
 async function until(check: () => boolean, timeoutMs = 20_000): Promise<void> {

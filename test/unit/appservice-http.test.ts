@@ -1,11 +1,10 @@
 import { parseConfig } from "../../src/config/load";
-import { createLogger } from "../../src/logging";
 import { buildRegistration, newToken, type Registration } from "../../src/registration";
 import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { FakeHomeserver, type Flavour } from "../support/fake-homeserver";
 import { freePort } from "../harness/synapse";
-import { captureLogs } from "../support/logs";
+import { startRecordedService } from "../support/service";
 import { tempDir } from "../support/tmp";
 
 interface Harness {
@@ -43,14 +42,7 @@ async function startService(
     stateDir,
     logging: { level: "debug" },
   });
-  const { lines: logs, destination } = captureLogs();
-  const { logger, scrubber } = createLogger({ level: "debug", destination });
-  const service = new HiveMatrixService({ config, registration, logger, scrubber });
-  const seen: MatrixEvent[] = [];
-  service.onEvent((e) => {
-    seen.push(e);
-  });
-  await service.start();
+  const { service, logs, seen } = await startRecordedService(config, registration);
   return { hs, service, registration, seen, logs, url, stateDir };
 }
 
