@@ -113,10 +113,92 @@ export const configSchema = z
           .min(1)
           .default(["systemctl", "restart", "hive-matrix-daemon@{name}"])
           .describe("Command run after an agent's token file is (re)written: argv, no shell; {name} is replaced."),
+        restartTimeoutSeconds: z
+          .number()
+          .int()
+          .positive()
+          .default(60)
+          .describe("The restart command is killed (and a warning logged) when it runs longer than this."),
+        displayName: z
+          .string()
+          .refine((t) => t.length > 0 && t.length <= 256, { message: "must be 1 to 256 characters" })
+          .default("{name}")
+          .describe("Display name template of agent users; {name} is the agent name."),
+        concurrency: z.number().int().min(1).max(64).default(8).describe("How many agents are provisioned at the same time."),
+        rescanIntervalSeconds: z
+          .number()
+          .int()
+          .min(1)
+          .default(30)
+          .describe("Periodic rescan of stateRoot, the fallback when a file-system watch misses a change."),
+        onRemove: z
+          .object({
+            logout: z.boolean().default(true).describe("Log out the agent's devices, so its token stops working."),
+            leaveRooms: z.boolean().default(true).describe("Make the agent leave the Space and hive-chat."),
+          })
+          .strict()
+          .default({})
+          .describe("What happens when an agent's state dir disappears. The account itself is always kept, so the name is never reused."),
       })
       .strict()
       .default({})
       .describe("Agent discovery and provisioning."),
+    rooms: z
+      .object({
+        space: z
+          .object({
+            name: z.string().min(1).default("hive").describe("Name of the hive Space."),
+            topic: z.string().default("The agents of this hive and their operators").describe("Topic of the hive Space."),
+          })
+          .strict()
+          .default({})
+          .describe("The private Space holding hive-chat."),
+        chat: z
+          .object({
+            name: z.string().min(1).default("hive-chat").describe("Name of the chat room."),
+            topic: z.string().default("Where the hive's agents and operators talk").describe("Topic of the chat room."),
+            alias: z
+              .string()
+              .regex(/^[a-z0-9._=/-]*$/, "may only contain a-z, 0-9 and . _ = / - (or be empty for no alias)")
+              .default("hive-chat")
+              .describe("Localpart of the chat room's alias (#hive-chat:<domain>); empty for none."),
+            encrypted: z
+              .boolean()
+              .default(false)
+              .describe("Create hive-chat encrypted. hive-matrix runs without crypto and cannot read encrypted rooms."),
+          })
+          .strict()
+          .default({})
+          .describe("hive-chat: room version 10, join rule restricted to members of the Space."),
+        operatorPowerLevel: z.number().int().min(0).max(100).default(100).describe("Power level of the operators in both rooms."),
+        reconcileIntervalSeconds: z
+          .number()
+          .int()
+          .min(0)
+          .default(600)
+          .describe("Periodic reconcile of the rooms against the desired state; 0 turns the timer off."),
+      })
+      .strict()
+      .default({})
+      .describe("The hive Space and hive-chat, created once and kept correct."),
+    control: z
+      .object({
+        room: z
+          .string()
+          .regex(/^$|^[!#][^:\s]+:[^\s]+$/, "must be a room ID (!id:server) or alias (#name:server), or empty")
+          .default("")
+          .describe("The control room's ID or alias; empty: the bot creates one and keeps its ID in control-room-id."),
+        name: z.string().default("").describe("Name of a control room the bot creates; empty: 'hive control (<domain>)'."),
+        notifyIntervalSeconds: z
+          .number()
+          .int()
+          .min(0)
+          .default(30)
+          .describe("Reports the bot makes on its own are summarised into at most one message per interval."),
+      })
+      .strict()
+      .default({})
+      .describe("The room where operators command the hive with !hive."),
     logging: z
       .object({
         level: z.enum(["trace", "debug", "info", "warn", "error", "fatal"]).default("info").describe("Log level."),
