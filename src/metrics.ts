@@ -53,6 +53,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly agents = new Gauge({
+    name: "hive_matrix_agents",
+    help: "Agents by onboarding state (pending, registered, token_written, joined, failed, removed).",
+    labelNames: ["state"] as const,
+    registers: [this.registry],
+  });
+
+  readonly agentOperations = new Counter({
+    name: "hive_matrix_agent_operations_total",
+    help: "Agent converge runs by outcome (provisioned, unchanged, registered, removed, failed, skipped).",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+
   readonly ready = new Gauge({
     name: "hive_matrix_ready",
     help: "1 once startup has finished and the service is ready.",

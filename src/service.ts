@@ -5,6 +5,7 @@
 import { EventEmitter } from "node:events";
 import type { Server } from "node:http";
 import type { Config } from "./config/schema";
+import { AgentManager } from "./agents/manager";
 import { createAppserviceApp } from "./appservice/http";
 import { EventQueue } from "./events";
 import { createLogger, errorFields, type Logger, type SecretScrubber } from "./logging";
@@ -31,6 +32,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly config: Config;
   readonly registration: Registration;
   readonly logger: Logger;
+  readonly scrubber: SecretScrubber | undefined;
   readonly metrics = new Metrics({ defaultMetrics: true });
   readonly transport: HomeserverTransport;
   readonly bot: HiveMatrixClient;
@@ -38,6 +40,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly state: StateStore;
   readonly transactions: TransactionStore;
   readonly events: EventQueue;
+  readonly agents: AgentManager;
   readonly startedAt = Date.now();
   homeserverVersions: Versions | undefined;
   lastPing: (PingResult & { at: number }) | undefined;
@@ -57,6 +60,7 @@ export class HiveMatrixService extends EventEmitter {
     scrubber?.add(this.registration.as_token);
     scrubber?.add(this.registration.hs_token);
     this.logger = logger;
+    this.scrubber = scrubber;
     this.botUserId = `@${this.config.appservice.botLocalpart}:${this.config.homeserver.domain}`;
     this.transport = new HomeserverTransport({
       baseUrl: this.config.homeserver.url,
@@ -70,6 +74,15 @@ export class HiveMatrixService extends EventEmitter {
     this.state = new StateStore(this.config.stateDir);
     this.transactions = new TransactionStore(this.config.stateDir);
     this.events = new EventQueue(this.transactions, this.logger.child({ module: "events" }), this.metrics);
+    this.agents = new AgentManager({
+      config: this.config,
+      registration: this.registration,
+      transport: this.transport,
+      state: this.state,
+      logger: this.logger,
+      metrics: this.metrics,
+      scrubber: this.scrubber,
+    });
   }
 
   isReady(): boolean {
@@ -105,6 +118,7 @@ export class HiveMatrixService extends EventEmitter {
     else log.warn({ errcode: ping.errcode }, `homeserver could not ping the appservice: ${ping.cause}`);
 
     this.events.start();
+    this.agents.start();
     this.ready = true;
     this.metrics.ready.set(1);
     log.info({ version: VERSION, botUserId: this.botUserId }, "hive-matrix is ready");
@@ -117,6 +131,7 @@ export class HiveMatrixService extends EventEmitter {
     this.stopping = true;
     this.ready = false;
     this.abort.abort();
+    await this.agents.stop();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {
@@ -166,7 +181,7 @@ export class HiveMatrixService extends EventEmitter {
           this.emit("transaction", txnId, events.length);
           return "accepted";
         },
-        onUserQuery: async (userId) => userId === this.botUserId,
+        onUserQuery: async (userId) => userId === this.botUserId || this.agents.isAgentUser(userId),
         onPing: (transactionId) => {
           this.lastPingReceived = { at: Date.now(), transactionId };
         },

@@ -5,9 +5,16 @@ import type { Config } from "../config/schema";
 import { agentNameProblem } from "./names";
 
 export interface Discovery {
+  /** Valid agent names found on disk, sorted. */
+  discovered: string[];
+  /** Discovered plus the configured names: every agent the registration must cover. */
   names: string[];
   /** Directories that look like agents but whose names are refused, with the reason. */
   refused: { name: string; reason: string }[];
+  /** Directories under stateRoot without a `state/` yet: agents being created, worth watching. */
+  pending: string[];
+  /** stateRoot itself does not exist (not the same as "no agents": it may be an unmounted volume). */
+  missingRoot: boolean;
 }
 
 export function agentStateDir(config: Config, name: string): string {
@@ -15,13 +22,16 @@ export function agentStateDir(config: Config, name: string): string {
 }
 
 export function discoverAgents(config: Config): Discovery {
-  const names = new Set<string>();
+  const discovered = new Set<string>();
   const refused: { name: string; reason: string }[] = [];
+  const pending: string[] = [];
   let entries: string[] = [];
+  let missingRoot = false;
   try {
     entries = readdirSync(config.agents.stateRoot);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    missingRoot = true;
   }
   for (const entry of entries) {
     let isAgent = false;
@@ -30,11 +40,19 @@ export function discoverAgents(config: Config): Discovery {
     } catch {
       isAgent = false;
     }
-    if (!isAgent) continue;
+    if (!isAgent) {
+      try {
+        if (statSync(join(config.agents.stateRoot, entry)).isDirectory()) pending.push(join(config.agents.stateRoot, entry));
+      } catch {
+        /* vanished meanwhile */
+      }
+      continue;
+    }
     const problem = agentNameProblem(entry, config.agents.maxNameLength);
     if (problem) refused.push({ name: entry, reason: problem });
-    else names.add(entry);
+    else discovered.add(entry);
   }
+  const names = new Set(discovered);
   for (const name of config.agents.names) names.add(name);
-  return { names: [...names].sort(), refused };
+  return { discovered: [...discovered].sort(), names: [...names].sort(), refused, pending, missingRoot };
 }

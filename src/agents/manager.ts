@@ -1,0 +1,463 @@
+/**
+ * Agent onboarding. The desired set of agents (discovered state dirs, configured names, agents
+ * added by command, minus agents removed by command) is converged one agent at a time, at most
+ * `agents.concurrency` at once: provision what is desired, deprovision what is not. Every step
+ * re-derives from the homeserver and the token file, so running it again changes nothing.
+ */
+import { EventEmitter } from "node:events";
+import type { Config } from "../config/schema";
+import { errorFields, type Logger, type SecretScrubber } from "../logging";
+import type { Metrics } from "../metrics";
+import { HomeserverUnreachableError, backoff, isMatrixError, type HomeserverTransport } from "../matrix/transport";
+import { MatrixError } from "matrix-bot-sdk";
+import { ensureRegistered, NamespaceError } from "../matrix/users";
+import type { Registration } from "../registration";
+import type { StateStore } from "../store/state-store";
+import { AgentWatcher } from "./watcher";
+import { agentStateDir, discoverAgents } from "./discovery";
+import { agentLocalpart, agentNameProblem, agentUserId } from "./names";
+import { AgentRecords, type AgentRecord, type AgentState } from "./records";
+import { runRestart } from "./restart";
+import { agentDeviceId, checkToken, freshSession, revokeAll } from "./sessions";
+import { checkStateDir, readTokenFile, writeTokenFile } from "./token-file";
+
+export interface AgentManagerDeps {
+  config: Config;
+  registration: Registration;
+  transport: HomeserverTransport;
+  state: StateStore;
+  logger: Logger;
+  metrics: Metrics;
+  scrubber?: SecretScrubber;
+}
+
+export class AgentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "AgentError";
+  }
+}
+
+type Outcome = "provisioned" | "unchanged" | "registered" | "removed" | "failed" | "skipped";
+
+interface Job {
+  force: boolean;
+  waiters: { resolve: (record: AgentRecord | undefined) => void }[];
+}
+
+/** Errors worth retrying by themselves: the homeserver was away, overloaded or rate limiting. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof HomeserverUnreachableError) return true;
+  return err instanceof MatrixError && (err.statusCode >= 500 || err.statusCode === 429);
+}
+
+export class AgentManager extends EventEmitter {
+  readonly records: AgentRecords;
+  private readonly log: Logger;
+  private discovered = new Set<string>();
+  private readonly refusedLogged = new Set<string>();
+  private readonly queue = new Map<string, Job>();
+  private readonly running = new Map<string, Job>();
+  /** Consecutive transient failures per agent, and the timer of its next retry. */
+  private readonly attempts = new Map<string, number>();
+  private readonly retryTimers = new Map<string, NodeJS.Timeout>();
+  private readonly namespaces: RegExp[];
+  private watcher: AgentWatcher | undefined;
+  private stopped = false;
+  private batch = { started: 0, provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly deps: AgentManagerDeps) {
+    super();
+    this.log = deps.logger.child({ module: "agents" });
+    this.records = new AgentRecords(deps.state, (err) => this.log.error(errorFields(err), "could not save agent records"));
+    this.namespaces = deps.registration.namespaces.users.map((ns) => new RegExp(ns.regex));
+  }
+
+  /** Loads the records, scans once and queues every agent; then watches for changes. */
+  start(): void {
+    this.records.load();
+    this.scan();
+    for (const [name] of this.records.entries()) this.enqueue(name);
+    for (const name of this.desiredNames()) this.enqueue(name);
+    this.watcher = new AgentWatcher(
+      this.deps.config.agents.stateRoot,
+      this.deps.config.agents.rescanIntervalSeconds * 1000,
+      () => this.rescan(),
+      this.log,
+    );
+    this.watcher.start();
+    this.scan();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.watcher?.stop();
+    for (const timer of this.retryTimers.values()) clearTimeout(timer);
+    this.retryTimers.clear();
+    for (const [, job] of this.queue) job.waiters.forEach((w) => w.resolve(undefined));
+    this.queue.clear();
+    await this.idle();
+    this.records.flush();
+  }
+
+  /** Resolves when nothing is queued or running (retries waiting on a timer do not count). */
+  idle(): Promise<void> {
+    if (this.queue.size === 0 && this.running.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  userId(name: string): string {
+    return agentUserId(this.deps.config, name);
+  }
+
+  /** True for agent users of this hive (known or not), by the localpart template and the registration. */
+  isAgentUser(userId: string): boolean {
+    if (this.desiredNames().some((n) => this.userId(n) === userId)) return true;
+    return this.records.entries().some(([, r]) => r.userId === userId);
+  }
+
+  desiredNames(): string[] {
+    const names = new Set<string>(this.discovered);
+    for (const name of this.deps.config.agents.names) if (!agentNameProblem(name, this.deps.config.agents.maxNameLength)) names.add(name);
+    for (const [name, record] of this.records.entries()) {
+      if (record.source === "command") names.add(name);
+      if (record.disabled) names.delete(name);
+    }
+    return [...names].sort();
+  }
+
+  /** Who must be in the hive rooms and who must leave them, for the rooms reconciler. */
+  membership(): { agents: string[]; leaving: string[] } {
+    const desired = new Set(this.desiredNames());
+    const agents: string[] = [];
+    const leaving: string[] = [];
+    for (const [name, record] of this.records.entries()) {
+      if (desired.has(name) && ["registered", "token_written", "joined"].includes(record.state)) agents.push(record.userId);
+      if (!desired.has(name) && record.leaving) leaving.push(record.userId);
+    }
+    return { agents, leaving };
+  }
+
+  /** Called after a successful rooms reconcile with the membership it applied. */
+  roomsReconciled(applied: { agents: string[]; leaving: string[] }): void {
+    const joined = new Set(applied.agents);
+    const left = new Set(applied.leaving);
+    for (const [name, record] of this.records.entries()) {
+      if (this.running.has(name)) continue;
+      if (joined.has(record.userId) && (record.state === "token_written" || record.state === "registered")) {
+        this.setState(name, { userId: record.userId, state: "joined" });
+      }
+      if (left.has(record.userId) && record.leaving) this.records.set(name, { userId: record.userId, leaving: false });
+    }
+  }
+
+  /** Re-reads stateRoot and queues agents that appeared or disappeared. */
+  rescan(): void {
+    if (this.stopped) return;
+    const before = new Set(this.desiredNames());
+    if (!this.scan()) return;
+    const after = new Set(this.desiredNames());
+    for (const name of after) if (!before.has(name)) this.enqueue(name);
+    for (const name of before) if (!after.has(name)) this.enqueue(name);
+  }
+
+  /** Provisions an agent by operator command; it then persists even without a state dir. */
+  async add(name: string): Promise<AgentRecord> {
+    this.validateName(name);
+    const known = this.discovered.has(name) || this.deps.config.agents.names.includes(name);
+    this.records.set(
+      name,
+      { userId: this.userId(name), source: known ? this.sourceFor(name) : "command", disabled: false },
+      { durable: true },
+    );
+    return this.required(await this.enqueue(name, { force: false }), name);
+  }
+
+  /** Deprovisions an agent by operator command; it stays removed until added back. */
+  async remove(name: string): Promise<AgentRecord> {
+    this.validateName(name);
+    if (!this.records.get(name)) throw new AgentError(`there is no agent named ${name}`);
+    this.records.set(name, { userId: this.userId(name), disabled: true }, { durable: true });
+    return this.required(await this.enqueue(name), name);
+  }
+
+  /** New token on the same device; the old one stops working; the daemon is restarted. */
+  async rotate(name: string): Promise<AgentRecord> {
+    this.validateName(name);
+    if (!this.desiredNames().includes(name)) throw new AgentError(`there is no active agent named ${name}`);
+    return this.required(await this.enqueue(name, { force: true }), name);
+  }
+
+  /** Queues a converge of `name`; resolves with its record once that converge has run. */
+  enqueue(name: string, options: { force?: boolean } = {}): Promise<AgentRecord | undefined> {
+    if (this.stopped) return Promise.resolve(this.records.get(name));
+    clearTimeout(this.retryTimers.get(name));
+    this.retryTimers.delete(name);
+    return new Promise((resolve) => {
+      const job = this.queue.get(name) ?? { force: false, waiters: [] };
+      job.force ||= options.force ?? false;
+      job.waiters.push({ resolve });
+      if (this.queue.size === 0 && this.running.size === 0)
+        this.batch = { started: Date.now(), provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+      this.queue.set(name, job);
+      this.pump();
+    });
+  }
+
+  private required(record: AgentRecord | undefined, name: string): AgentRecord {
+    if (!record) throw new AgentError(`agent ${name} was not processed (the service is stopping)`);
+    if (record.state === "failed") throw new AgentError(`agent ${name} failed: ${record.reason ?? "unknown reason"}`);
+    return record;
+  }
+
+  private sourceFor(name: string): AgentRecord["source"] {
+    if (this.records.get(name)?.source === "command") return "command";
+    return this.discovered.has(name) ? "discovered" : "config";
+  }
+
+  private validateName(name: string): void {
+    const problem = agentNameProblem(name, this.deps.config.agents.maxNameLength);
+    if (problem) throw new AgentError(`agent name ${JSON.stringify(name)} ${problem}`);
+  }
+
+  /** Returns false when stateRoot could not be read: a vanished mount must not look like every agent being removed. */
+  private scan(): boolean {
+    let found;
+    try {
+      found = discoverAgents(this.deps.config);
+    } catch (err) {
+      this.log.warn(
+        { ...errorFields(err), stateRoot: this.deps.config.agents.stateRoot },
+        "cannot read the agents' state root; keeping the agents known so far",
+      );
+      return false;
+    }
+    if (found.missingRoot) {
+      this.log.warn(
+        { stateRoot: this.deps.config.agents.stateRoot },
+        "the agents' state root does not exist; keeping the agents known so far",
+      );
+      return false;
+    }
+    for (const { name, reason } of found.refused) {
+      if (this.refusedLogged.has(name)) continue;
+      this.refusedLogged.add(name);
+      this.log.warn({ name: JSON.stringify(name) }, `refusing agent directory: the name ${reason}; nothing is written for it`);
+    }
+    this.discovered = new Set(found.discovered);
+    this.watcher?.watchPending(found.pending);
+    return true;
+  }
+
+  private pump(): void {
+    while (!this.stopped && this.running.size < this.deps.config.agents.concurrency && this.queue.size > 0) {
+      const [name, job] = this.queue.entries().next().value as [string, Job];
+      this.queue.delete(name);
+      this.running.set(name, job);
+      void this.run(name, job);
+    }
+  }
+
+  private async run(name: string, job: Job): Promise<void> {
+    let outcome: Outcome;
+    const started = Date.now();
+    try {
+      outcome = await this.converge(name, job.force);
+      this.attempts.delete(name);
+    } catch (err) {
+      outcome = "failed";
+      this.fail(name, err);
+    }
+    this.deps.metrics.agentOperations.inc({ outcome });
+    if (outcome !== "skipped") this.log.debug({ agent: name, outcome, ms: Date.now() - started }, "agent converged");
+    this.running.delete(name);
+    const record = this.records.get(name);
+    job.waiters.forEach((w) => w.resolve(record));
+    if (outcome === "provisioned") this.batch.provisioned++;
+    else if (outcome === "unchanged" || outcome === "registered") this.batch.unchanged++;
+    else if (outcome === "failed") this.batch.failed++;
+    else if (outcome === "removed") this.batch.removed++;
+    if (outcome === "provisioned" || outcome === "registered" || outcome === "removed") this.emit("changed", name, outcome);
+    this.updateGauge();
+    this.pump();
+    if (this.queue.size === 0 && this.running.size === 0) this.drained();
+  }
+
+  private drained(): void {
+    const { started, ...counts } = this.batch;
+    const total = counts.provisioned + counts.unchanged + counts.failed + counts.removed;
+    if (total > 1)
+      this.log.info(
+        { ...counts, ms: Date.now() - started },
+        `onboarding pass finished: ${counts.provisioned} provisioned, ${counts.unchanged} unchanged, ${counts.removed} removed, ${counts.failed} failed`,
+      );
+    this.batch = { started: Date.now(), provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+    this.emit("idle");
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    waiters.forEach((w) => w());
+  }
+
+  private fail(name: string, err: unknown): void {
+    const transient = isTransient(err);
+    const reason = err instanceof Error ? err.message : String(err);
+    this.setState(name, { userId: this.userId(name), state: "failed", reason });
+    this.emit("failed", name, reason);
+    if (!transient || this.stopped) {
+      this.log.error({ agent: name, ...errorFields(err) }, `agent ${name} could not be provisioned: ${reason}`);
+      return;
+    }
+    const attempt = (this.attempts.get(name) ?? 0) + 1;
+    this.attempts.set(name, attempt);
+    const delay = Math.min(60_000, backoff(attempt + 1));
+    this.log.warn({ agent: name, attempt, retryInMs: delay, reason }, `agent ${name}: homeserver trouble, retrying`);
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(name);
+      void this.enqueue(name);
+    }, delay);
+    timer.unref();
+    this.retryTimers.set(name, timer);
+  }
+
+  private setState(name: string, patch: Partial<AgentRecord> & { userId: string; state: AgentState }): void {
+    this.records.set(name, patch);
+  }
+
+  private updateGauge(): void {
+    const counts = this.records.countsByState();
+    for (const [state, n] of Object.entries(counts)) this.deps.metrics.agents.set({ state }, n);
+  }
+
+  private async converge(name: string, force: boolean): Promise<Outcome> {
+    if (this.desiredNames().includes(name)) return this.provision(name, force);
+    const record = this.records.get(name);
+    if (!record || (record.state === "removed" && !force)) return "skipped";
+    return this.deprovision(name, record);
+  }
+
+  private async provision(name: string, force: boolean): Promise<Outcome> {
+    const { config, transport } = this.deps;
+    const userId = this.userId(name);
+    const localpart = agentLocalpart(config, name);
+    const deviceId = agentDeviceId(name);
+    const previous = this.records.get(name);
+    const source = this.sourceFor(name);
+
+    if (!this.namespaces.some((r) => r.test(userId))) {
+      throw new AgentError(
+        `${userId} is not in the registration's user namespace, so the homeserver will refuse it. ` +
+          "With the {name} template every agent is listed in the registration by name: run `hive-matrix registration` and reload it on the homeserver (registration refresh needed)",
+      );
+    }
+    const stateDir = agentStateDir(config, name);
+    const dir = checkStateDir(config.agents.stateRoot, name);
+    if (!dir.ok && !dir.missing) throw new AgentError(dir.reason);
+
+    let validToken: string | undefined;
+    if (dir.ok) {
+      const read = readTokenFile(stateDir);
+      if (read.kind === "token") {
+        this.deps.scrubber?.add(read.token);
+        const check = await checkToken(transport, read.token, userId, deviceId);
+        if (check.valid && !force) {
+          const state: AgentState = previous?.state === "joined" ? "joined" : "token_written";
+          this.records.set(name, { userId, state, source, leaving: false });
+          return "unchanged";
+        }
+        if (check.valid) validToken = read.token;
+        else this.log.info({ agent: name }, `the token in ${stateDir}/matrix-token ${check.reason}; replacing it`);
+      } else if (read.kind === "unsafe") {
+        this.log.warn(
+          { agent: name },
+          `${stateDir}/matrix-token ${read.reason}; replacing it with a new token file (whatever it points to is left untouched)`,
+        );
+      }
+    } else if (previous && ["registered", "joined"].includes(previous.state) && !force) {
+      // No state dir (an agent from the config or a command): the account is all there is to check.
+      this.records.set(name, { userId, source, leaving: false });
+      return "unchanged";
+    }
+
+    this.records.set(name, { userId, state: "pending", source, leaving: false });
+    const displayName = config.agents.displayName.split("{name}").join(name);
+    let registered;
+    try {
+      registered = await ensureRegistered(
+        transport,
+        localpart,
+        config.homeserver.domain,
+        dir.ok ? { deviceId, displayName: "hive-matrix" } : undefined,
+      );
+    } catch (err) {
+      if (err instanceof NamespaceError) throw new AgentError(`${err.message} (registration refresh needed)`);
+      throw err;
+    }
+    this.records.set(name, { userId, state: "registered" });
+    await this.ensureDisplayName(userId, displayName, registered.created);
+
+    if (!dir.ok) {
+      this.log.info({ agent: name, userId }, `agent ${name} registered; it has no state dir (${stateDir}), so no token file is written`);
+      return "registered";
+    }
+    const session =
+      registered.accessToken !== undefined
+        ? { accessToken: registered.accessToken, deviceId: registered.deviceId ?? deviceId }
+        : await freshSession(transport, localpart, deviceId, "hive-matrix", validToken);
+    this.deps.scrubber?.add(session.accessToken);
+    // Checked again right before writing: the dir could have been swapped for a symlink meanwhile.
+    const recheck = checkStateDir(config.agents.stateRoot, name);
+    if (!recheck.ok) throw new AgentError(`not writing the token: ${recheck.reason}`);
+    writeTokenFile(stateDir, session.accessToken);
+    this.records.set(name, { userId, state: "token_written", tokenWrittenAt: Date.now() });
+    this.log.info(
+      { agent: name, userId, deviceId: session.deviceId, created: registered.created, rotated: force },
+      `agent ${name} provisioned: token written`,
+    );
+
+    const restart = await runRestart(config.agents.restartCommand, name, config.agents.restartTimeoutSeconds * 1000);
+    if (!restart.ok)
+      this.log.warn(
+        { agent: name },
+        `agent ${name}: restarting its daemon failed (${restart.problem}); its path-watcher picks the token up anyway`,
+      );
+    this.emit("onboarded", name);
+    return "provisioned";
+  }
+
+  private async ensureDisplayName(userId: string, displayName: string, created: boolean): Promise<void> {
+    try {
+      if (!created) {
+        const profile = await this.deps.transport.request<{ displayname?: string }>(
+          "GET",
+          `/_matrix/client/v3/profile/${encodeURIComponent(userId)}`,
+        );
+        if (profile.displayname === displayName) return;
+      }
+    } catch (err) {
+      if (!isMatrixError(err, "M_NOT_FOUND")) throw err;
+    }
+    await this.deps.transport.request("PUT", `/_matrix/client/v3/profile/${encodeURIComponent(userId)}/displayname`, {
+      asUser: userId,
+      body: { displayname: displayName },
+      kind: "agent.displayname",
+    });
+  }
+
+  private async deprovision(name: string, record: AgentRecord): Promise<Outcome> {
+    const { config, transport } = this.deps;
+    if (config.agents.onRemove.logout && record.state !== "pending") {
+      try {
+        await revokeAll(transport, agentLocalpart(config, name), agentDeviceId(name));
+      } catch (err) {
+        // A user that never got registered has nothing to revoke.
+        if (!isMatrixError(err, "M_FORBIDDEN") && !isMatrixError(err, "M_INVALID_USERNAME") && !isMatrixError(err, "M_USER_DEACTIVATED"))
+          throw err;
+      }
+    }
+    this.records.set(name, { userId: record.userId, state: "removed", leaving: config.agents.onRemove.leaveRooms }, { durable: true });
+    this.log.info({ agent: name, userId: record.userId }, `agent ${name} removed: devices logged out, account kept`);
+    this.emit("removed", name);
+    return "removed";
+  }
+}

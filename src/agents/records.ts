@@ -1,0 +1,101 @@
+/**
+ * The per-agent state machine, persisted in `<stateDir>/agents.json`:
+ *   pending → registered → token_written → joined, or failed (with the reason), or removed.
+ * The homeserver and the token files are the truth and every run re-derives from them, so a lost
+ * progress update costs one extra check, never a duplicate. What cannot be re-derived (an agent
+ * added or removed by an operator command, agents known before a removal) is written at once.
+ */
+import { z } from "zod";
+import type { StateStore } from "../store/state-store";
+
+export const AGENT_STATES = ["pending", "registered", "token_written", "joined", "failed", "removed"] as const;
+export type AgentState = (typeof AGENT_STATES)[number];
+
+const recordSchema = z.object({
+  userId: z.string(),
+  state: z.enum(AGENT_STATES),
+  reason: z.string().optional(),
+  /** Where the agent came from; "command" agents persist until removed by command. */
+  source: z.enum(["discovered", "config", "command"]),
+  /** Removed by an operator: not provisioned again until added back. */
+  disabled: z.boolean().optional(),
+  /** The agent must still leave the hive rooms (removal not yet reconciled). */
+  leaving: z.boolean().optional(),
+  tokenWrittenAt: z.number().optional(),
+  createdAt: z.number(),
+  updatedAt: z.number(),
+});
+export type AgentRecord = z.infer<typeof recordSchema>;
+
+const fileSchema = z.object({ version: z.literal(1), agents: z.record(recordSchema) });
+export const AGENTS_FILE = "agents.json";
+
+export class AgentRecords {
+  private readonly records = new Map<string, AgentRecord>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly state: StateStore,
+    private readonly onError: (err: unknown) => void,
+    private readonly debounceMs = 200,
+  ) {}
+
+  /** Loads the file; a corrupted file is an error naming it (StateError), never a silent reset. */
+  load(): void {
+    const file = this.state.readJson(AGENTS_FILE, fileSchema);
+    this.records.clear();
+    for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
+  }
+
+  get(name: string): AgentRecord | undefined {
+    return this.records.get(name);
+  }
+
+  entries(): [string, AgentRecord][] {
+    return [...this.records.entries()].sort(([a], [b]) => a.localeCompare(b));
+  }
+
+  /** Updates (or creates) a record. `durable` writes now; otherwise the write is coalesced. */
+  set(name: string, patch: Partial<AgentRecord> & Pick<AgentRecord, "userId">, options: { durable?: boolean } = {}): AgentRecord {
+    const now = Date.now();
+    const previous = this.records.get(name);
+    const next: AgentRecord = {
+      state: "pending",
+      source: "discovered",
+      createdAt: now,
+      ...previous,
+      ...patch,
+      updatedAt: now,
+    };
+    if (next.state !== "failed") delete next.reason;
+    this.records.set(name, next);
+    if (options.durable) this.flush();
+    else this.schedule();
+    return next;
+  }
+
+  countsByState(): Record<AgentState, number> {
+    const counts = Object.fromEntries(AGENT_STATES.map((s) => [s, 0])) as Record<AgentState, number>;
+    for (const record of this.records.values()) counts[record.state]++;
+    return counts;
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.state.writeJson(AGENTS_FILE, { version: 1, agents: Object.fromEntries(this.entries()) });
+  }
+
+  private schedule(): void {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      try {
+        this.flush();
+      } catch (err) {
+        this.onError(err);
+      }
+    }, this.debounceMs);
+    this.timer.unref();
+  }
+}

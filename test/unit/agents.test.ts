@@ -1,0 +1,132 @@
+import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { AgentRecords } from "../../src/agents/records";
+import { restartArgv, runRestart } from "../../src/agents/restart";
+import { checkStateDir, readTokenFile, writeTokenFile } from "../../src/agents/token-file";
+import { StateError, StateStore } from "../../src/store/state-store";
+import { tempDir } from "../support/tmp";
+
+describe("token file", () => {
+  it("reads a token, tightening a loose mode through the open descriptor", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "matrix-token"), "syt_abc\n", { mode: 0o644 });
+    chmodSync(join(dir, "matrix-token"), 0o644);
+    expect(readTokenFile(dir)).toEqual({ kind: "token", token: "syt_abc" });
+    expect(statSync(join(dir, "matrix-token")).mode & 0o777).toBe(0o600);
+  });
+
+  it("refuses symlinks, hardlinks, directories and garbage without touching their targets", () => {
+    const dir = tempDir();
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "secret\n", { mode: 0o644 });
+    chmodSync(victim, 0o644);
+    const agent = join(dir, "agent");
+    mkdirSync(agent);
+    symlinkSync(victim, join(agent, "matrix-token"));
+    expect(readTokenFile(agent)).toEqual({ kind: "unsafe", reason: "is a symlink" });
+    const hard = join(dir, "hard");
+    mkdirSync(hard);
+    linkSync(victim, join(hard, "matrix-token"));
+    expect(readTokenFile(hard)).toEqual({ kind: "unsafe", reason: "has other hard links" });
+    expect(statSync(victim).mode & 0o777).toBe(0o644);
+    const asDir = join(dir, "asdir");
+    mkdirSync(join(asDir, "matrix-token"), { recursive: true });
+    expect(readTokenFile(asDir)).toMatchObject({ kind: "unsafe" });
+    const garbage = join(dir, "garbage");
+    mkdirSync(garbage);
+    writeFileSync(join(garbage, "matrix-token"), "two tokens\n");
+    expect(readTokenFile(garbage)).toMatchObject({ kind: "unsafe", reason: "does not hold exactly one token" });
+    expect(readTokenFile(join(dir, "none"))).toEqual({ kind: "missing" });
+  });
+
+  it("writes over a planted symlink and a hardlink without changing the other file", () => {
+    const dir = tempDir();
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "secret\n");
+    const a = join(dir, "a");
+    mkdirSync(a);
+    symlinkSync(victim, join(a, "matrix-token"));
+    writeTokenFile(a, "tok1");
+    const b = join(dir, "b");
+    mkdirSync(b);
+    linkSync(victim, join(b, "matrix-token"));
+    writeTokenFile(b, "tok2");
+    expect(readFileSync(victim, "utf8")).toBe("secret\n");
+    for (const [d, t] of [
+      [a, "tok1"],
+      [b, "tok2"],
+    ]) {
+      const st = lstatSync(join(d, "matrix-token"));
+      expect(st.isFile() && st.nlink === 1 && (st.mode & 0o777) === 0o600).toBe(true);
+      expect(readFileSync(join(d, "matrix-token"), "utf8")).toBe(`${t}\n`);
+    }
+  });
+
+  it("refuses a state dir (or agent dir) that is a symlink", () => {
+    const root = tempDir();
+    const elsewhere = tempDir();
+    mkdirSync(join(root, "ok", "state"), { recursive: true });
+    mkdirSync(join(root, "linked"));
+    symlinkSync(elsewhere, join(root, "linked", "state"));
+    symlinkSync(elsewhere, join(root, "whole"));
+    expect(checkStateDir(root, "ok")).toEqual({ ok: true });
+    expect(checkStateDir(root, "linked")).toMatchObject({ ok: false, missing: false, reason: expect.stringMatching(/symlink/) });
+    expect(checkStateDir(root, "whole")).toMatchObject({ ok: false, missing: false });
+    expect(checkStateDir(root, "gone")).toMatchObject({ ok: false, missing: true });
+  });
+});
+
+describe("restart command", () => {
+  it("replaces {name} in every argument, no shell", () => {
+    expect(restartArgv(["systemctl", "restart", "hive-matrix-daemon@{name}"], "alpha")).toEqual([
+      "systemctl",
+      "restart",
+      "hive-matrix-daemon@alpha",
+    ]);
+  });
+
+  it("reports success, a failing status with stderr, a missing command and a timeout", async () => {
+    expect(await runRestart(["true"], "a", 5000)).toMatchObject({ ok: true });
+    expect(await runRestart(["sh", "-c", "echo broken >&2; exit 3", "{name}"], "a", 5000)).toMatchObject({
+      ok: false,
+      problem: "`sh` exited with status 3: broken",
+    });
+    expect(await runRestart(["/no/such/cmd"], "a", 5000)).toMatchObject({ ok: false, problem: "`/no/such/cmd` was not found" });
+    expect(await runRestart(["sleep", "5"], "a", 200)).toMatchObject({
+      ok: false,
+      problem: expect.stringMatching(/did not finish within/),
+    });
+    // A name with shell syntax is one literal argument.
+    expect(await runRestart(["test", "{name}", "=", "$(id);x"], "$(id);x", 5000)).toMatchObject({ ok: true });
+  });
+});
+
+describe("agent records", () => {
+  it("persist across instances and count by state", () => {
+    const store = new StateStore(tempDir());
+    store.init();
+    const records = new AgentRecords(store, (err) => {
+      throw err;
+    });
+    records.load();
+    records.set("alpha", { userId: "@agent-alpha:h", state: "token_written" }, { durable: true });
+    records.set("beta", { userId: "@agent-beta:h", state: "failed", reason: "boom" });
+    records.flush();
+    const again = new AgentRecords(store, () => undefined);
+    again.load();
+    expect(again.get("alpha")).toMatchObject({ state: "token_written", source: "discovered" });
+    expect(again.get("beta")).toMatchObject({ state: "failed", reason: "boom" });
+    expect(again.countsByState()).toMatchObject({ token_written: 1, failed: 1, joined: 0 });
+  });
+
+  it("a corrupted agents.json is an error naming the file, not a reset", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    writeFileSync(join(dir, "agents.json"), "{ not json");
+    const records = new AgentRecords(store, () => undefined);
+    expect(() => records.load()).toThrow(StateError);
+    expect(() => records.load()).toThrow(/agents\.json: is corrupted/);
+    expect(readFileSync(join(dir, "agents.json"), "utf8")).toBe("{ not json");
+  });
+});
