@@ -17,6 +17,8 @@ module.exports = {
       testMatch: ["<rootDir>/test/e2e/**/*.test.ts"],
       globalSetup: "<rootDir>/test/harness/global-setup.ts",
       globalTeardown: "<rootDir>/test/harness/global-teardown.ts",
+      // Every e2e file fails if a service it started logged an as_token, hs_token or agent token.
+      setupFilesAfterEnv: ["<rootDir>/test/harness/after-each-file.ts"],
     },
   ],
 };

@@ -97,6 +97,7 @@ export class HiveMatrixService extends EventEmitter {
   async start(): Promise<void> {
     const log = this.logger;
     this.state.init();
+    this.state.lock();
     const pending = this.transactions.open();
     if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");
     pending.forEach((entry) => this.events.push(entry));
@@ -141,6 +142,7 @@ export class HiveMatrixService extends EventEmitter {
     }
     await this.events.idle();
     this.transactions.close();
+    this.state.unlock();
     this.logger.info("hive-matrix stopped");
     this.logger.flush();
   }

@@ -33,6 +33,8 @@ export const AGENTS_FILE = "agents.json";
 export class AgentRecords {
   private readonly records = new Map<string, AgentRecord>();
   private timer: NodeJS.Timeout | undefined;
+  /** Nothing is written before the file was read: an empty map must never overwrite real records. */
+  private loaded = false;
 
   constructor(
     private readonly state: StateStore,
@@ -45,6 +47,7 @@ export class AgentRecords {
     const file = this.state.readJson(AGENTS_FILE, fileSchema);
     this.records.clear();
     for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
+    this.loaded = true;
   }
 
   get(name: string): AgentRecord | undefined {
@@ -83,6 +86,7 @@ export class AgentRecords {
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    if (!this.loaded) return;
     this.state.writeJson(AGENTS_FILE, { version: 1, agents: Object.fromEntries(this.entries()) });
   }
 

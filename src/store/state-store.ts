@@ -3,7 +3,7 @@
  * directory. A file that exists but cannot be parsed is an error naming the file, never a
  * silent reset: losing a room ID or an agent record would create duplicates on the homeserver.
  */
-import { chmodSync, mkdirSync, readFileSync, statSync, unlinkSync, accessSync, constants } from "node:fs";
+import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, accessSync, constants, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { ZodType } from "zod";
 import { writeFileAtomic } from "./atomic-file";
@@ -20,7 +20,20 @@ export class StateError extends Error {
 
 const NAME = /^[A-Za-z0-9._-]+$/;
 
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+const lockedInProcess = new Set<string>();
+
 export class StateStore {
+  private locked = false;
+
   constructor(readonly dir: string) {}
 
   /** Creates the directory (0700) or tightens an existing one, and proves it is writable. */
@@ -35,6 +48,62 @@ export class StateStore {
       if (err instanceof StateError) throw err;
       const code = (err as NodeJS.ErrnoException).code ?? String(err);
       throw new StateError(this.dir, `state directory is not usable (${code}); it must be a writable directory`);
+    }
+  }
+
+  /**
+   * Claims the directory for this process (`lock`, holding the PID). Two services on one state dir
+   * would both provision and both create rooms; a lock left by a dead process is taken over.
+   */
+  lock(): void {
+    const file = join(this.dir, "lock");
+    // The PID cannot tell two instances in one process apart (tests, embedders).
+    if (lockedInProcess.has(this.dir)) throw new StateError(this.dir, "is in use by another hive-matrix instance in this process");
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        try {
+          writeSync(fd, `${process.pid}\n`);
+        } finally {
+          closeSync(fd);
+        }
+        this.locked = true;
+        lockedInProcess.add(this.dir);
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") {
+          throw new StateError(file, `cannot create the instance lock (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+        }
+      }
+      let owner = Number.NaN;
+      try {
+        owner = Number.parseInt(readFileSync(file, "utf8"), 10);
+      } catch {
+        continue;
+      }
+      if (Number.isInteger(owner) && owner !== process.pid && processAlive(owner)) {
+        throw new StateError(
+          this.dir,
+          `is in use by another hive-matrix (pid ${owner}); stop it first, or remove ${file} if that process is not hive-matrix`,
+        );
+      }
+      try {
+        unlinkSync(file);
+      } catch {
+        /* removed meanwhile */
+      }
+    }
+    throw new StateError(file, "could not take the instance lock");
+  }
+
+  unlock(): void {
+    if (!this.locked) return;
+    this.locked = false;
+    lockedInProcess.delete(this.dir);
+    try {
+      if (Number.parseInt(readFileSync(join(this.dir, "lock"), "utf8"), 10) === process.pid) unlinkSync(join(this.dir, "lock"));
+    } catch {
+      /* already gone */
     }
   }
 

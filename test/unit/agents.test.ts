@@ -130,3 +130,36 @@ describe("agent records", () => {
     expect(readFileSync(join(dir, "agents.json"), "utf8")).toBe("{ not json");
   });
 });
+
+describe("agent records before loading", () => {
+  it("never overwrite the file with an empty set (a service stopped before it started)", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    store.writeJson("agents.json", {
+      version: 1,
+      agents: { a: { userId: "@a:h", state: "joined", source: "discovered", createdAt: 1, updatedAt: 1 } },
+    });
+    new AgentRecords(store, () => undefined).flush();
+    expect(readFileSync(join(dir, "agents.json"), "utf8")).toContain('"@a:h"');
+  });
+});
+
+describe("state dir lock", () => {
+  it("refuses a second instance and is taken over from a dead process", () => {
+    const dir = tempDir();
+    const first = new StateStore(dir);
+    first.init();
+    first.lock();
+    const second = new StateStore(dir);
+    expect(() => second.lock()).toThrow(/in use by another hive-matrix/);
+    first.unlock();
+    second.lock();
+    second.unlock();
+    writeFileSync(join(dir, "lock"), "999999999\n");
+    const third = new StateStore(dir);
+    third.lock();
+    expect(readFileSync(join(dir, "lock"), "utf8").trim()).toBe(String(process.pid));
+    third.unlock();
+  });
+});
