@@ -94,10 +94,22 @@ export class HiveMatrixService extends EventEmitter {
     this.events.on(handler);
   }
 
+  /** Starts everything; on failure, whatever was started is stopped again before the error is thrown. */
   async start(): Promise<void> {
+    try {
+      await this.startUp();
+    } catch (err) {
+      await this.stop().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async startUp(): Promise<void> {
     const log = this.logger;
     this.state.init();
     this.state.lock();
+    // Read before anything listens or writes, so a corrupted file stops the start with its name.
+    this.agents.load();
     const pending = this.transactions.open();
     if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");
     pending.forEach((entry) => this.events.push(entry));

@@ -64,6 +64,7 @@ export class AgentManager extends EventEmitter {
   private readonly namespaces: RegExp[];
   private watcher: AgentWatcher | undefined;
   private stopped = false;
+  private loaded = false;
   private batch = { started: 0, provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
   private idleWaiters: (() => void)[] = [];
 
@@ -74,9 +75,15 @@ export class AgentManager extends EventEmitter {
     this.namespaces = deps.registration.namespaces.users.map((ns) => new RegExp(ns.regex));
   }
 
-  /** Loads the records, scans once and queues every agent; then watches for changes. */
-  start(): void {
+  /** Reads `agents.json`; a corrupted file throws a StateError naming it. */
+  load(): void {
     this.records.load();
+    this.loaded = true;
+  }
+
+  /** Scans once and queues every agent (known or on disk); then watches for changes. */
+  start(): void {
+    if (!this.loaded) this.load();
     this.scan();
     for (const [name] of this.records.entries()) this.enqueue(name);
     for (const name of this.desiredNames()) this.enqueue(name);

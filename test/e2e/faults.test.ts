@@ -1,0 +1,115 @@
+/**
+ * Faults against a real Synapse: a homeserver that is down at start or restarts mid-onboarding,
+ * a state dir that cannot be written, a corrupted state file. Nothing is lost, nothing duplicated.
+ */
+import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../../src/config/schema";
+import { loadRegistration, type Registration } from "../../src/registration";
+import { StateError } from "../../src/store/state-store";
+import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
+import { attachSynapse, freePort } from "../harness/synapse";
+import { TcpProxy } from "../support/proxy";
+import { startRecordedService, type StartedService } from "../support/service";
+import { until } from "../support/wait";
+
+const env = e2eEnv();
+
+async function get(token: string, path: string): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${env.synapse.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+}
+
+/** Makes a directory unwritable even for root (immutable flag), or by mode for other users. */
+function makeUnwritable(dir: string): () => void {
+  if (process.getuid?.() === 0) {
+    execFileSync("chattr", ["+i", dir]);
+    return () => execFileSync("chattr", ["-i", dir]);
+  }
+  execFileSync("chmod", ["0500", dir]);
+  return () => execFileSync("chmod", ["0700", dir]);
+}
+
+describe("faults", () => {
+  let slot: AcquiredSlot;
+  let registration: Registration;
+  let run: StartedService | undefined;
+
+  beforeAll(async () => {
+    slot = await acquireSlot("standard");
+    registration = loadRegistration(slot.registrationPath);
+  });
+  afterEach(async () => {
+    await run?.service.stop();
+    run = undefined;
+  });
+  afterAll(() => slot?.release());
+
+  it("homeserver down at start: the service waits, then becomes ready, without crashing", async () => {
+    const proxy = new TcpProxy(await freePort(), { host: "127.0.0.1", port: env.synapse.port });
+    const config = makeTestConfig(slot, { homeserver: { url: proxy.url } });
+    const starting = startRecordedService(config, registration);
+    let settled = false;
+    void starting.finally(() => (settled = true)).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(settled).toBe(false);
+    await proxy.up();
+    try {
+      run = await starting;
+      expect(run.service.isReady()).toBe(true);
+      expect(run.logs.join("")).toMatch(/homeserver not reachable yet|waiting for the homeserver/i);
+    } finally {
+      await run?.service.stop();
+      run = undefined;
+      await proxy.down();
+    }
+  });
+
+  it("Synapse restarted in the middle of onboarding 30 agents: all 30 provisioned, one device each", async () => {
+    const config: Config = makeTestConfig(slot, { agents: { concurrency: 8 } });
+    const names = Array.from({ length: 30 }, (_, i) => `r${randomBytes(2).toString("hex")}${i}`);
+    for (const name of names) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
+    run = await startRecordedService(config, registration);
+    const service = run.service;
+    await until(() => names.some((n) => existsSync(join(config.agents.stateRoot, n, "state", "matrix-token"))), 20_000);
+    const synapse = await attachSynapse(env.synapse.baseDir);
+    const restarting = synapse.restart();
+    const doneAtRestart = names.filter((n) => existsSync(join(config.agents.stateRoot, n, "state", "matrix-token"))).length;
+    await restarting;
+    await until(async () => {
+      await service.agents.idle();
+      return names.every((n) => ["token_written", "joined"].includes(service.agents.records.get(n)?.state ?? ""));
+    }, 90_000);
+    // The restart really hit the middle of the work.
+    expect(doneAtRestart).toBeLessThan(30);
+    expect(run.logs.join("")).toMatch(/homeserver trouble, retrying|homeserver request failed, retrying/);
+    for (const name of names) {
+      const token = readFileSync(join(config.agents.stateRoot, name, "state", "matrix-token"), "utf8").trim();
+      const devices = await get(token, "/_matrix/client/v3/devices");
+      expect(devices.status).toBe(200);
+      expect((devices.json.devices as unknown[]).length).toBe(1);
+    }
+  });
+
+  it("a state dir that cannot be written: a clear error naming it, no file left behind", async () => {
+    const config = makeTestConfig(slot);
+    const restore = makeUnwritable(config.stateDir);
+    try {
+      await expect(startRecordedService(config, registration)).rejects.toThrow(StateError);
+      await expect(startRecordedService(config, registration)).rejects.toThrow(new RegExp(`${config.stateDir}: .*(writable|lock)`));
+      expect(readdirSync(config.stateDir)).toEqual([]);
+    } finally {
+      restore();
+    }
+  });
+
+  it("a corrupted agents.json: a clear error naming the file, and the file is left as it was", async () => {
+    const config = makeTestConfig(slot);
+    const file = join(config.stateDir, "agents.json");
+    writeFileSync(file, '{"version": 1, "agents": {"x": {"state": "bogus"}}}', { mode: 0o600 });
+    await expect(startRecordedService(config, registration)).rejects.toThrow(/agents\.json: is corrupted/);
+    expect(readFileSync(file, "utf8")).toBe('{"version": 1, "agents": {"x": {"state": "bogus"}}}');
+  });
+});
