@@ -69,6 +69,7 @@ export class HiveMatrixService extends EventEmitter {
       maxRetries: this.config.homeserver.maxRetries,
       logger: this.logger.child({ module: "homeserver" }),
       metrics: this.metrics,
+      userNamespaces: this.registration.namespaces.users.map((ns) => new RegExp(ns.regex)),
     });
     this.bot = new HiveMatrixClient(this.transport, this.botUserId);
     this.state = new StateStore(this.config.stateDir);

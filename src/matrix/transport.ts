@@ -37,6 +37,13 @@ export class HomeserverUnreachableError extends Error {
   }
 }
 
+export class OutsideNamespaceError extends Error {
+  constructor(readonly userId: string) {
+    super(`refusing to act as ${userId}: the user is outside the appservice's namespace`);
+    this.name = "OutsideNamespaceError";
+  }
+}
+
 export interface TransportOptions {
   baseUrl: string;
   asToken: string;
@@ -44,6 +51,11 @@ export interface TransportOptions {
   maxRetries: number;
   logger: Logger;
   metrics: Metrics;
+  /**
+   * The registration's user namespace. Acting as (`user_id=`) anyone outside it is refused before
+   * a request leaves, so no bug elsewhere can make the service speak for a user it does not own.
+   */
+  userNamespaces?: RegExp[];
   /** Injected in unit tests to avoid real waiting. */
   sleep?: (ms: number) => Promise<void>;
 }
@@ -84,6 +96,9 @@ export class HomeserverTransport {
   }
 
   async request<T = unknown>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    if (opts.asUser && this.options.userNamespaces && !this.options.userNamespaces.some((r) => r.test(opts.asUser ?? ""))) {
+      throw new OutsideNamespaceError(opts.asUser);
+    }
     const url = new URL(this.baseUrl + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) {
       if (v !== undefined && v !== null) url.searchParams.set(k, String(v));

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { MatrixError } from "matrix-bot-sdk";
 import { createLogger } from "../../src/logging";
 import { Metrics } from "../../src/metrics";
-import { HomeserverTransport, HomeserverUnreachableError, routeTemplate } from "../../src/matrix/transport";
+import { HomeserverTransport, HomeserverUnreachableError, OutsideNamespaceError, routeTemplate } from "../../src/matrix/transport";
 import { freePort } from "../harness/synapse";
 
 /** A server that answers each request with the next scripted status. */
@@ -92,5 +92,31 @@ describe("homeserver transport", () => {
       "/_matrix/client/v3/rooms/:id/send/m.room.message/:txn",
     );
     expect(routeTemplate("/_matrix/client/v3/profile/%40hive%3Ax/displayname")).toBe("/_matrix/client/v3/profile/:id/displayname");
+  });
+});
+
+describe("acting as users", () => {
+  it("refuses to act as a user outside the namespace before any request leaves", async () => {
+    const s = await scripted([200], () => ({}));
+    try {
+      const t = new HomeserverTransport({
+        baseUrl: s.url,
+        asToken: "as-token-secret-value",
+        timeoutMs: 2000,
+        maxRetries: 0,
+        logger: createLogger({ level: "silent" }).logger,
+        metrics: new Metrics(),
+        userNamespaces: [/^@agent-[a-z0-9-]+:hive\.test$/],
+      });
+      await expect(t.request("PUT", "/_matrix/client/v3/profile/x/displayname", { asUser: "@alice:hive.test", body: {} })).rejects.toThrow(
+        OutsideNamespaceError,
+      );
+      await expect(t.request("GET", "/x", { asUser: "@agent-a:hive.test.evil" })).rejects.toThrow(/outside the appservice's namespace/);
+      expect(s.hits()).toBe(0);
+      await t.request("GET", "/x", { asUser: "@agent-a:hive.test" });
+      expect(s.hits()).toBe(1);
+    } finally {
+      s.server.close();
+    }
   });
 });
