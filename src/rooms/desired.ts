@@ -1,0 +1,179 @@
+/**
+ * The desired state of the hive's Space and hive-chat, computed from the config and the current
+ * inputs (room IDs, agents). Pure: the same inputs give the same rooms, so the diff is testable
+ * without a homeserver, and a room is created with exactly what the reconciler later checks.
+ */
+import type { Config } from "../config/schema";
+import { hasPrivilegedCreators } from "./actual";
+import type { DesiredMembers, DesiredRoom, DesiredStateEvent, DesiredMembership, RoomKey } from "./types";
+
+export const MEGOLM = "m.megolm.v1.aes-sha2";
+
+/** Restricted join rules need room version 8 or later; 10 is what the hive has always used. */
+export const CHAT_ROOM_VERSION = "10";
+
+export interface DesiredInputs {
+  botUserId: string;
+  members: DesiredMembers;
+  /** The Space's ID: needed by hive-chat's join rule and parent event. */
+  spaceId: string;
+  /** hive-chat's ID: the Space's child event is desired once hive-chat exists. */
+  chatId?: string;
+}
+
+/** Full alias of hive-chat, or undefined when `rooms.chat.alias` is empty. */
+export function chatAlias(config: Config): string | undefined {
+  const localpart = config.rooms.chat.alias;
+  return localpart ? `#${localpart}:${config.homeserver.domain}` : undefined;
+}
+
+export function membershipOf(config: Config, botUserId: string, members: DesiredMembers): DesiredMembership {
+  const agents = unique(members.agents.filter((u) => u !== botUserId));
+  const operators = unique(config.operators.filter((u) => u !== botUserId && !agents.includes(u)));
+  const leaving = unique(members.leaving.filter((u) => u !== botUserId && !agents.includes(u) && !operators.includes(u)));
+  return { bot: botUserId, operators, agents, leaving };
+}
+
+/** Only these users' entries are ours; every other entry in `users` is kept as it is. */
+export function powerUsers(config: Config, botUserId: string): Record<string, number> {
+  const users: Record<string, number> = {};
+  for (const op of config.operators) users[op] = config.rooms.operatorPowerLevel;
+  users[botUserId] = 100;
+  return users;
+}
+
+function commonState(config: Config, botUserId: string, name: string, topic: string): DesiredStateEvent[] {
+  const users = powerUsers(config, botUserId);
+  const levels = Object.entries(users)
+    .map(([u, l]) => `${u} at ${l}`)
+    .join(", ");
+  return [
+    { type: "m.room.name", stateKey: "", content: { name }, what: "name", summary: JSON.stringify(name), kind: "state.name" },
+    { type: "m.room.topic", stateKey: "", content: { topic }, what: "topic", kind: "state.topic" },
+    {
+      type: "m.room.guest_access",
+      stateKey: "",
+      content: { guest_access: "forbidden" },
+      what: "guest access",
+      summary: "forbidden",
+      kind: "state.guest_access",
+    },
+    {
+      type: "m.room.history_visibility",
+      stateKey: "",
+      content: { history_visibility: "shared" },
+      what: "history visibility",
+      summary: "shared",
+      kind: "state.history_visibility",
+    },
+    { type: "m.room.power_levels", stateKey: "", content: { users }, what: "power levels", summary: levels, kind: "state.power_levels" },
+  ];
+}
+
+export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceId"> & { spaceId?: string }): DesiredRoom {
+  const domain = config.homeserver.domain;
+  const state: DesiredStateEvent[] = [
+    {
+      type: "m.room.join_rules",
+      stateKey: "",
+      content: { join_rule: "invite" },
+      what: "join rule",
+      summary: "invite",
+      kind: "state.join_rules",
+    },
+    ...commonState(config, inputs.botUserId, config.rooms.space.name, config.rooms.space.topic),
+  ];
+  if (inputs.chatId) {
+    state.push({
+      type: "m.space.child",
+      stateKey: inputs.chatId,
+      content: { via: [domain] },
+      what: "child hive-chat",
+      kind: "state.space_child",
+    });
+  }
+  return {
+    key: "space",
+    create: { type: "m.space" },
+    state,
+    encrypted: false,
+    members: membershipOf(config, inputs.botUserId, inputs.members),
+  };
+}
+
+export function desiredChat(config: Config, inputs: DesiredInputs): DesiredRoom {
+  const domain = config.homeserver.domain;
+  const alias = chatAlias(config);
+  const state: DesiredStateEvent[] = [
+    {
+      type: "m.room.join_rules",
+      stateKey: "",
+      content: { join_rule: "restricted", allow: [{ type: "m.room_membership", room_id: inputs.spaceId }] },
+      what: "join rule",
+      summary: "restricted",
+      kind: "state.join_rules",
+    },
+    ...commonState(config, inputs.botUserId, config.rooms.chat.name, config.rooms.chat.topic),
+    {
+      type: "m.space.parent",
+      stateKey: inputs.spaceId,
+      content: { via: [domain], canonical: true },
+      what: "parent Space",
+      kind: "state.space_parent",
+    },
+  ];
+  if (config.rooms.chat.encrypted) {
+    state.push({ type: "m.room.encryption", stateKey: "", content: { algorithm: MEGOLM }, what: "encryption", kind: "state.encryption" });
+  }
+  if (alias) {
+    state.push({
+      type: "m.room.canonical_alias",
+      stateKey: "",
+      content: { alias },
+      what: "canonical alias",
+      summary: alias,
+      kind: "state.canonical_alias",
+      requiresAlias: true,
+    });
+  }
+  return {
+    key: "chat",
+    create: { roomVersion: CHAT_ROOM_VERSION },
+    state,
+    alias,
+    encrypted: config.rooms.chat.encrypted,
+    members: membershipOf(config, inputs.botUserId, inputs.members),
+  };
+}
+
+export function desiredRoom(key: RoomKey, config: Config, inputs: DesiredInputs): DesiredRoom {
+  return key === "space" ? desiredSpace(config, inputs) : desiredChat(config, inputs);
+}
+
+/**
+ * The /createRoom body that gives a new room its whole desired state at once, so that the first
+ * reconcile after creation finds only memberships (and, for the Space, the child) to add. The alias
+ * is never passed as `room_alias_name`: Synapse would create the room and then fail on a taken alias.
+ */
+export function createRoomBody(room: DesiredRoom): Record<string, unknown> {
+  // Our users map names the bot, which a version-12 room refuses for its creator; when the version
+  // is the server's choice, the room starts with the server's default levels and the first
+  // reconcile adds the operators.
+  const pinned = room.create.roomVersion !== undefined && !hasPrivilegedCreators(room.create.roomVersion);
+  const powerLevels = pinned ? room.state.find((s) => s.type === "m.room.power_levels") : undefined;
+  const initialState = room.state
+    .filter((s) => s.type !== "m.room.power_levels" && !s.requiresAlias)
+    .map((s) => ({ type: s.type, state_key: s.stateKey, content: s.content }));
+  return {
+    preset: "private_chat",
+    visibility: "private",
+    ...(room.create.type ? { creation_content: { type: room.create.type } } : {}),
+    ...(room.create.roomVersion ? { room_version: room.create.roomVersion } : {}),
+    ...(powerLevels ? { power_level_content_override: powerLevels.content } : {}),
+    initial_state: initialState,
+  };
+}
+
+function unique(list: string[]): string[] {
+  return [...new Set(list)];
+}

@@ -1,0 +1,123 @@
+/**
+ * When the rooms are reconciled: at start, on a timer, when the agents change, and when an event
+ * touches one of the rooms. Bursts coalesce: one run at a time, and any number of triggers during
+ * a run cause exactly one follow-up run. The reconciler's own writes come back as events and
+ * trigger that follow-up, which finds nothing to change and writes nothing, so it ends there.
+ */
+import type { Logger } from "../logging";
+import { errorFields } from "../logging";
+import type { MatrixEvent } from "../store/transactions";
+import type { RoomsReconciler } from "./reconciler";
+import type { DesiredMembers, ReconcileReport } from "./types";
+
+/** The part of RoomsReconciler the loop drives. */
+export type Reconciling = Pick<RoomsReconciler, "reconcile" | "isRelevant">;
+
+export interface ReconcileLoopOptions {
+  /** Who must be in the rooms, asked at the start of every run. */
+  members: () => DesiredMembers;
+  /** Periodic reconcile; 0 turns the timer off. */
+  intervalSeconds: number;
+  logger: Logger;
+}
+
+interface Batch {
+  reasons: string[];
+  promise: Promise<ReconcileReport | undefined>;
+  resolve: (report: ReconcileReport | undefined) => void;
+}
+
+function newBatch(): Batch {
+  let resolve!: (report: ReconcileReport | undefined) => void;
+  const promise = new Promise<ReconcileReport | undefined>((r) => (resolve = r));
+  return { reasons: [], promise, resolve };
+}
+
+export class ReconcileLoop {
+  private queued: Batch | undefined;
+  private driver: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private readonly log: Logger;
+  /** Runs made so far (for status and tests). */
+  runs = 0;
+
+  constructor(
+    readonly reconciler: Reconciling,
+    private readonly options: ReconcileLoopOptions,
+  ) {
+    this.log = options.logger.child({ module: "rooms-loop" });
+  }
+
+  /** Starts the timer and the first run; resolves with the first run's report. */
+  start(): Promise<ReconcileReport | undefined> {
+    this.stopped = false;
+    const seconds = this.options.intervalSeconds;
+    if (seconds > 0 && !this.timer) {
+      this.timer = setInterval(() => void this.trigger("periodic"), seconds * 1000);
+      this.timer.unref();
+    }
+    return this.trigger("startup");
+  }
+
+  /**
+   * Asks for a run. Resolves with the report of a run that started after this call (undefined
+   * when the loop stopped first).
+   */
+  trigger(reason: string): Promise<ReconcileReport | undefined> {
+    if (this.stopped) return Promise.resolve(undefined);
+    const batch = (this.queued ??= newBatch());
+    batch.reasons.push(reason);
+    this.driver ??= this.drive();
+    return batch.promise;
+  }
+
+  isRelevant(event: MatrixEvent): boolean {
+    return this.reconciler.isRelevant(event);
+  }
+
+  /** An event handler for the service: triggers a run when the event touches the rooms, without waiting for it. */
+  onEvent(event: MatrixEvent): void {
+    if (this.isRelevant(event)) void this.trigger(`${event.type} in ${event.room_id ?? "?"}`);
+  }
+
+  get running(): boolean {
+    return this.driver !== undefined;
+  }
+
+  /** Stops the timer and waits for the run in progress; a pending follow-up is dropped. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.driver;
+  }
+
+  private async drive(): Promise<void> {
+    // Yield once, so that triggers made in the same tick join the first batch.
+    await Promise.resolve();
+    try {
+      while (this.queued && !this.stopped) {
+        const batch = this.queued;
+        this.queued = undefined;
+        batch.resolve(await this.runOnce(batch.reasons));
+      }
+    } finally {
+      this.queued?.resolve(undefined);
+      this.queued = undefined;
+      this.driver = undefined;
+    }
+  }
+
+  private async runOnce(reasons: string[]): Promise<ReconcileReport | undefined> {
+    const reason = [...new Set(reasons)].join(", ");
+    this.runs++;
+    try {
+      return await this.reconciler.reconcile(this.options.members(), reason);
+    } catch (err) {
+      // reconcile() reports its own failures; this catches a throwing members() callback.
+      this.log.error({ reason, ...errorFields(err) }, "rooms reconcile failed");
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * Scheduling of the rooms reconcile: bursts coalesce into one follow-up run, a failing run does
+ * not stop the loop, stop() waits for the run in progress, relevant events trigger a run.
+ */
+import { createLogger } from "../../src/logging";
+import { ReconcileLoop, type Reconciling } from "../../src/rooms/loop";
+import type { DesiredMembers, ReconcileReport } from "../../src/rooms/types";
+import type { MatrixEvent } from "../../src/store/transactions";
+import { captureLogs } from "../support/logs";
+
+const SPACE = "!space:hive.example";
+
+interface Gate {
+  release: () => void;
+  wait: Promise<void>;
+}
+
+function gate(): Gate {
+  let release!: () => void;
+  const wait = new Promise<void>((r) => (release = r));
+  return { release, wait };
+}
+
+/** A reconciler whose runs block until the test releases them. */
+class FakeReconciler implements Reconciling {
+  readonly calls: { members: DesiredMembers; reason?: string }[] = [];
+  gates: Gate[] = [];
+  failNext = false;
+  autoRelease = false;
+
+  async reconcile(members: DesiredMembers, reason?: string): Promise<ReconcileReport> {
+    this.calls.push({ members, reason });
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error("boom");
+    }
+    if (!this.autoRelease) {
+      const g = gate();
+      this.gates.push(g);
+      await g.wait;
+    }
+    return { changes: [], problems: [], writes: 0, at: Date.now(), durationMs: 0, reason };
+  }
+
+  isRelevant(event: MatrixEvent): boolean {
+    return event.room_id === SPACE && typeof event.state_key === "string";
+  }
+}
+
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+function loop(fake: FakeReconciler, intervalSeconds = 0, members?: () => DesiredMembers): { loop: ReconcileLoop; logs: string[] } {
+  const { lines, destination } = captureLogs();
+  const { logger } = createLogger({ level: "debug", destination });
+  return {
+    loop: new ReconcileLoop(fake, { members: members ?? (() => ({ agents: ["@a:x"], leaving: [] })), intervalSeconds, logger }),
+    logs: lines,
+  };
+}
+
+describe("ReconcileLoop", () => {
+  it("triggers in the same tick make one run, with the members asked at run time", async () => {
+    const fake = new FakeReconciler();
+    fake.autoRelease = true;
+    const { loop: l } = loop(fake);
+    const reports = await Promise.all([l.trigger("a"), l.trigger("b"), l.trigger("a")]);
+    expect(fake.calls).toEqual([{ members: { agents: ["@a:x"], leaving: [] }, reason: "a, b" }]);
+    expect(reports[0]).toBe(reports[1]);
+    expect(l.running).toBe(false);
+  });
+
+  it("any number of triggers during a run cause exactly one follow-up run", async () => {
+    const fake = new FakeReconciler();
+    const { loop: l } = loop(fake);
+    const first = l.trigger("first");
+    await tick();
+    expect(fake.calls).toHaveLength(1);
+    const burst = [l.trigger("e1"), l.trigger("e2"), l.trigger("e3"), l.trigger("e4")];
+    await tick();
+    expect(fake.calls).toHaveLength(1);
+    fake.gates[0].release();
+    expect((await first)?.reason).toBe("first");
+    await tick();
+    expect(fake.calls).toHaveLength(2);
+    expect(fake.calls[1].reason).toBe("e1, e2, e3, e4");
+    fake.gates[1].release();
+    const reports = await Promise.all(burst);
+    expect(new Set(reports).size).toBe(1);
+    expect(reports[0]?.reason).toBe("e1, e2, e3, e4");
+    await tick();
+    expect(fake.calls).toHaveLength(2);
+    expect(l.running).toBe(false);
+  });
+
+  it("a failing run (or members callback) is logged and the loop goes on", async () => {
+    const fake = new FakeReconciler();
+    fake.autoRelease = true;
+    fake.failNext = true;
+    let throwMembers = false;
+    const { loop: l, logs } = loop(fake, 0, () => {
+      if (throwMembers) throw new Error("no agents");
+      return { agents: [], leaving: [] };
+    });
+    expect(await l.trigger("x")).toBeUndefined();
+    expect(logs.join("")).toMatch(/"err":"boom","msg":"rooms reconcile failed"/);
+    throwMembers = true;
+    expect(await l.trigger("y")).toBeUndefined();
+    expect(logs.join("")).toMatch(/no agents/);
+    throwMembers = false;
+    expect(await l.trigger("z")).toMatchObject({ reason: "z" });
+    expect(l.runs).toBe(3);
+  });
+
+  it("stop() waits for the run in progress, drops the follow-up, and ignores later triggers", async () => {
+    const fake = new FakeReconciler();
+    const { loop: l } = loop(fake);
+    void l.start();
+    await tick();
+    const followUp = l.trigger("during");
+    let stopped = false;
+    const stopping = l.stop().then(() => (stopped = true));
+    await tick();
+    expect(stopped).toBe(false);
+    fake.gates[0].release();
+    await stopping;
+    expect(await followUp).toBeUndefined();
+    expect(await l.trigger("after")).toBeUndefined();
+    expect(fake.calls.map((c) => c.reason)).toEqual(["startup"]);
+  });
+
+  it("runs periodically when an interval is set, and not at all when it is 0", async () => {
+    const fake = new FakeReconciler();
+    fake.autoRelease = true;
+    const { loop: periodic } = loop(fake, 0.05);
+    await periodic.start();
+    await new Promise((r) => setTimeout(r, 180));
+    await periodic.stop();
+    expect(fake.calls.filter((c) => c.reason === "periodic").length).toBeGreaterThanOrEqual(2);
+
+    const idle = new FakeReconciler();
+    idle.autoRelease = true;
+    const { loop: off } = loop(idle, 0);
+    await off.start();
+    await new Promise((r) => setTimeout(r, 120));
+    await off.stop();
+    expect(idle.calls.map((c) => c.reason)).toEqual(["startup"]);
+  });
+
+  it("relevant events trigger a run, others do not", async () => {
+    const fake = new FakeReconciler();
+    fake.autoRelease = true;
+    const { loop: l } = loop(fake);
+    l.onEvent({ type: "m.room.message", room_id: SPACE, content: {} });
+    l.onEvent({ type: "m.room.member", room_id: "!other:x", state_key: "@a:x", content: {} });
+    await tick();
+    expect(fake.calls).toHaveLength(0);
+    l.onEvent({ type: "m.room.join_rules", room_id: SPACE, state_key: "", content: {} });
+    await tick();
+    await tick();
+    expect(fake.calls.map((c) => c.reason)).toEqual([`m.room.join_rules in ${SPACE}`]);
+  });
+});
