@@ -1,0 +1,82 @@
+/**
+ * What the control room needs from the rest of the service. Commands reach agents and rooms only
+ * through this interface, so they can be tested against a recording stand-in and the real agent
+ * manager and rooms reconciler stay free of chat concerns.
+ */
+import { text, type Rich } from "./render";
+
+export type AgentState = "pending" | "registered" | "token_written" | "joined" | "failed" | "removed";
+
+export const AGENT_STATES: readonly AgentState[] = ["pending", "registered", "token_written", "joined", "failed", "removed"];
+
+export interface AgentView {
+  name: string;
+  userId: string;
+  state: AgentState;
+  /** Why the agent is `failed` (or anything else the operator should know), in plain words. */
+  reason?: string;
+  tokenFile: "ok" | "missing" | "none";
+  /** Names of the hive rooms the agent has joined, e.g. ["hive", "hive-chat"]. */
+  rooms: string[];
+  source: "discovered" | "config" | "command";
+  /** Milliseconds since the epoch. */
+  updatedAt: number;
+}
+
+export interface HiveStatus {
+  homeserver: { url: string; reachable: boolean; version?: string };
+  ping?: { ok: boolean; durationMs?: number; cause?: string };
+  version: string;
+  uptimeSeconds: number;
+  /** Agent counts by state; states with no agent may be left out. */
+  agents: Partial<Record<AgentState, number>>;
+  rooms: { spaceId?: string; chatId?: string; controlRoomId?: string };
+  lastReconcile?: { at: number; changes: number; problems: string[] };
+}
+
+export interface SyncReport {
+  /** One human-readable line per change made. */
+  changes: string[];
+  /** One human-readable line per problem that could not be repaired. */
+  problems: string[];
+}
+
+/** Receives one human-readable line per step of long work (shown by editing one message). */
+export type ProgressSink = (line: string) => void;
+
+/**
+ * Throw this (from the api or a command) when the operator did something that cannot be done and
+ * the message says what to do instead: an unknown agent, a name that is taken. Its message is
+ * shown in the room as is. Any other exception is an internal error: the operator is told to look
+ * at the service log, where the details go.
+ */
+export class CommandError extends Error {
+  /** What the room is shown; commands may pass formatted text, the api passes a plain sentence. */
+  readonly display: Rich;
+
+  constructor(message: string | Rich) {
+    super(typeof message === "string" ? message : message.text);
+    this.name = "CommandError";
+    this.display = typeof message === "string" ? text(message) : message;
+  }
+}
+
+export interface HiveApi {
+  status(): Promise<HiveStatus>;
+  agents(): AgentView[];
+  agent(name: string): AgentView | undefined;
+  /** Provisions a new agent (name already validated against the agent name rules). */
+  addAgent(name: string, progress?: ProgressSink): Promise<AgentView>;
+  /** Logs the agent out and makes it leave the hive rooms (as config.agents.onRemove says); the account is kept. */
+  removeAgent(name: string): Promise<AgentView>;
+  /** Logs the agent's sessions out, writes a new token file and restarts its daemon. */
+  rotateAgent(name: string): Promise<AgentView>;
+  /** Invites a user (already validated as a user ID outside the appservice namespace) into the Space and hive-chat. */
+  invite(userId: string): Promise<string[]>;
+  /** Reconciles now. */
+  sync(progress?: ProgressSink): Promise<SyncReport>;
+  /** The IDs of the Space and hive-chat as known now. */
+  roomIds(): { spaceId?: string; chatId?: string };
+  /** Forgets the Space and hive-chat and reconciles, which creates new ones. */
+  recreateRooms(progress?: ProgressSink): Promise<SyncReport>;
+}

@@ -1,0 +1,58 @@
+import { AGENT_STATES, type HiveStatus } from "../api";
+import { blocks, code, concat, duration, list, para, plural, table, text, type Rich } from "../render";
+import type { LeafCommand } from "../table";
+
+function ago(at: number, now: number): string {
+  return `${duration((now - at) / 1000)} ago`;
+}
+
+function roomCell(id: string | undefined): Rich {
+  return id ? code(id) : text("(not set up)");
+}
+
+export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
+  const counts = AGENT_STATES.filter((state) => (s.agents[state] ?? 0) > 0).map((state) => `${s.agents[state]} ${state}`);
+  const total = AGENT_STATES.reduce((sum, state) => sum + (s.agents[state] ?? 0), 0);
+  const ping = s.ping
+    ? s.ping.ok
+      ? text(`ok${s.ping.durationMs !== undefined ? `, ${s.ping.durationMs} ms` : ""}`)
+      : text(`failed${s.ping.cause ? `: ${s.ping.cause}` : ""}`)
+    : text("not tried");
+  const reconcile = s.lastReconcile
+    ? text(
+        `${ago(s.lastReconcile.at, now)}, ${plural(s.lastReconcile.changes, "change")}, ${plural(s.lastReconcile.problems.length, "problem")}`,
+      )
+    : text("not yet");
+  const rows: [string, Rich][] = [
+    [
+      "Homeserver",
+      concat(
+        code(s.homeserver.url),
+        s.homeserver.reachable ? " reachable" : " UNREACHABLE",
+        s.homeserver.version ? ` (${s.homeserver.version})` : "",
+      ),
+    ],
+    ["Ping (homeserver → appservice)", ping],
+    ["hive-matrix", text(`${s.version}, up ${duration(s.uptimeSeconds)}`)],
+    ["Agents", text(total === 0 ? "none" : `${total}: ${counts.join(", ")}`)],
+    ["Space", roomCell(s.rooms.spaceId)],
+    ["hive-chat", roomCell(s.rooms.chatId)],
+    ["Control room", roomCell(s.rooms.controlRoomId)],
+    ["Last reconcile", reconcile],
+  ];
+  const problems = s.lastReconcile?.problems ?? [];
+  return blocks(
+    table(["", "Status"], rows),
+    problems.length > 0 ? para("Problems found by the last reconcile:") : undefined,
+    problems.length > 0 ? list(problems) : undefined,
+  );
+}
+
+export const status: LeafCommand = {
+  name: "status",
+  summary: "Show the homeserver, the ping, the version and uptime, agents by state, the rooms and the last reconcile.",
+  permission: "operator",
+  async run(ctx) {
+    return renderStatus(await ctx.api.status());
+  },
+};

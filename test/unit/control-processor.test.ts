@@ -1,0 +1,425 @@
+/**
+ * The control room end to end without a homeserver: events in, replies and api calls out.
+ * Who may command, what is ignored, once-only execution across restarts, confirmation,
+ * progress edits, error replies.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../../src/config/schema";
+import { CommandError } from "../../src/control/api";
+import { ControlRoom, type Outcome } from "../../src/control";
+import { para } from "../../src/control/render";
+import type { CommandDef } from "../../src/control/table";
+import { createLogger } from "../../src/logging";
+import { HomeserverUnreachableError } from "../../src/matrix/transport";
+import { Metrics } from "../../src/metrics";
+import { StateStore } from "../../src/store/state-store";
+import type { MatrixEvent } from "../../src/store/transactions";
+import { BOT, FakeBot, foreignTags, isHiveUser, message, OPERATOR, RecordingApi, ROOM, STRANGER, testConfig } from "../support/control";
+import { captureLogs } from "../support/logs";
+import { tempDir } from "../support/tmp";
+
+interface Setup {
+  control: ControlRoom;
+  bot: FakeBot;
+  api: RecordingApi;
+  config: Config;
+  state: StateStore;
+  outcomes: Map<string, Outcome>;
+  logs: string[];
+  metrics: Metrics;
+  /** Hands the event to the control room and waits until its command (if any) has run. */
+  send(event: MatrixEvent): Promise<Outcome | undefined>;
+}
+
+async function setup(
+  opts: { stateDir?: string; config?: Config; table?: readonly CommandDef[]; api?: RecordingApi; bot?: FakeBot } = {},
+): Promise<Setup> {
+  const stateDir = opts.stateDir ?? tempDir("hm-control-");
+  const config = opts.config ?? testConfig(stateDir, { control: { room: ROOM } });
+  const bot = opts.bot ?? new FakeBot();
+  if (!bot.state.has(ROOM)) bot.setState(ROOM, "m.room.member", BOT, { membership: "join" });
+  const api = opts.api ?? new RecordingApi();
+  const state = new StateStore(stateDir);
+  state.init();
+  const { lines, destination } = captureLogs();
+  const logger = createLogger({ level: "debug", destination }).logger;
+  const outcomes = new Map<string, Outcome>();
+  const metrics = new Metrics();
+  const control = new ControlRoom({
+    bot,
+    botUserId: BOT,
+    state,
+    config,
+    logger,
+    metrics,
+    api,
+    isAppserviceUser: isHiveUser,
+    table: opts.table,
+    editIntervalMs: 50,
+    onOutcome: (id, o) => {
+      if (id) outcomes.set(id, o);
+    },
+  });
+  expect(await control.start()).toBe(true);
+  const send = async (event: MatrixEvent): Promise<Outcome | undefined> => {
+    await control.handleEvent(event);
+    await control.idle();
+    return event.event_id ? outcomes.get(event.event_id) : undefined;
+  };
+  return { control, bot, api, config, state, outcomes, logs: lines, metrics, send };
+}
+
+function only<T>(items: T[]): T {
+  expect(items).toHaveLength(1);
+  return items[0];
+}
+
+describe("who is obeyed", () => {
+  it("answers an operator's !hive help with a notice reply listing every command", async () => {
+    const s = await setup();
+    const e = message("!hive help");
+    expect(await s.send(e)).toEqual({ kind: "done", command: "help" });
+    const reply = only(s.bot.repliesTo(e.event_id!));
+    expect(reply.roomId).toBe(ROOM);
+    expect(reply.content).toMatchObject({ msgtype: "m.notice", format: "org.matrix.custom.html" });
+    for (const c of ["help", "status", "agents", "agent info", "agent add", "agent remove", "agent rotate", "invite", "sync", "version"]) {
+      expect(reply.content.body).toContain(`!hive ${c}`);
+      expect(reply.content.formatted_body).toContain(`!hive ${c}`);
+    }
+  });
+
+  it("treats !hive alone as help", async () => {
+    const s = await setup();
+    const e = message("!hive");
+    expect(await s.send(e)).toEqual({ kind: "done", command: "help" });
+    expect(String(only(s.bot.repliesTo(e.event_id!)).content.body)).toContain("!hive agent remove <name> [--yes]");
+  });
+
+  it.each(["!hive agent remove x --yes", "!hive help", "!hive nonsense 'unbalanced", "!hive"])(
+    "refuses %j from a non-operator briefly, and calls nothing",
+    async (body) => {
+      const s = await setup();
+      const e = message(body, { sender: STRANGER });
+      expect(await s.send(e)).toEqual({ kind: "refused" });
+      expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe("Sorry, only the hive's operators can give commands here.");
+      expect(s.api.calls).toEqual([]);
+    },
+  );
+
+  it("compares operator IDs exactly", async () => {
+    const s = await setup();
+    expect(await s.send(message("!hive status", { sender: OPERATOR.toUpperCase() }))).toEqual({ kind: "refused" });
+    expect(await s.send(message("!hive status", { sender: `${OPERATOR} ` }))).toEqual({ kind: "refused" });
+    expect(s.api.calls).toEqual([]);
+  });
+
+  it.each([BOT, "@agent-x:hive.test"])("never obeys nor answers the appservice's own user %s", async (sender) => {
+    const s = await setup();
+    const e = message("!hive agent remove x --yes", { sender });
+    await s.send(e);
+    expect(s.outcomes.get(e.event_id!)).toEqual({ kind: "ignored", reason: "appservice-user" });
+    expect(s.bot.sent).toEqual([]);
+    expect(s.api.calls).toEqual([]);
+  });
+
+  it("checks each command's own permission from the table", async () => {
+    const table: CommandDef[] = [
+      { name: "ping", summary: "anyone", permission: "member", run: async () => para("pong") },
+      { name: "secret", summary: "operators", permission: "operator", run: async () => para("s") },
+    ];
+    const s = await setup({ table });
+    expect(await s.send(message("!hive ping", { sender: STRANGER }))).toEqual({ kind: "done", command: "ping" });
+    expect(await s.send(message("!hive secret", { sender: STRANGER }))).toEqual({ kind: "refused" });
+    expect(await s.send(message("!hive secret"))).toEqual({ kind: "done", command: "secret" });
+  });
+});
+
+describe("what is ignored", () => {
+  it.each<[string, MatrixEvent]>([
+    [
+      "an edit (m.new_content)",
+      message("!hive agent remove x --yes", { content: { "m.new_content": { msgtype: "m.text", body: "!hive agent remove x --yes" } } }),
+    ],
+    [
+      "an edit (m.replace)",
+      message("* !hive agent remove x --yes", {
+        content: { body: "!hive agent remove x --yes", "m.relates_to": { rel_type: "m.replace", event_id: "$old" } },
+      }),
+    ],
+    ["a notice", message("!hive help", { content: { msgtype: "m.notice" } })],
+    ["an emote", message("!hive help", { content: { msgtype: "m.emote" } })],
+    ["another room", message("!hive help", { roomId: "!chat:hive.test" })],
+    ["text that is not a command", message("hello !hive help")],
+    ["a prefix without a space", message("!hivehelp")],
+    ["a body that is not a string", message("x", { content: { body: 42 } })],
+    ["a redacted message", { ...message("x"), content: {} }],
+    ["a state event", { ...message("!hive help"), state_key: "" }],
+  ])("%s", async (_what, event) => {
+    const s = await setup();
+    await s.send(event);
+    // Events from other rooms do not even reach the processor.
+    expect(s.outcomes.get(event.event_id!)?.kind ?? "ignored").toBe("ignored");
+    expect(s.bot.sent).toEqual([]);
+    expect(s.api.calls).toEqual([]);
+  });
+});
+
+describe("each command runs once", () => {
+  it("runs an event delivered twice once", async () => {
+    const s = await setup();
+    const e = message("!hive agent rotate x --yes");
+    expect(await s.send(e)).toEqual({ kind: "done", command: "agent rotate" });
+    expect(await s.send({ ...e })).toEqual({ kind: "ignored", reason: "duplicate" });
+    expect(s.api.mutations()).toEqual([{ method: "rotateAgent", args: ["x"] }]);
+    expect(s.bot.repliesTo(e.event_id!)).toHaveLength(1);
+  });
+
+  it("remembers handled events across a restart on the same state dir", async () => {
+    const dir = tempDir("hm-control-");
+    const first = await setup({ stateDir: dir });
+    const e = message("!hive agent remove x --yes");
+    await first.send(e);
+    await first.control.stop();
+    expect(first.api.mutations()).toHaveLength(1);
+
+    const second = await setup({ stateDir: dir });
+    expect(await second.send(e)).toEqual({ kind: "ignored", reason: "duplicate" });
+    expect(second.api.calls).toEqual([]);
+    expect(second.bot.sent).toEqual([]);
+    const other = message("!hive version");
+    expect(await second.send(other)).toEqual({ kind: "done", command: "version" });
+  });
+
+  it("does not run a command it could not record (at most once)", async () => {
+    const s = await setup();
+    // A directory where the file should be: the atomic rename fails.
+    mkdirSync(join(s.state.dir, "commands-seen.json"));
+    const e = message("!hive agent remove x --yes");
+    expect(await s.send(e)).toEqual({ kind: "failed", internal: true });
+    expect(s.api.calls).toEqual([]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(/could not record this command.*did not run it/);
+  });
+
+  it("ignores events after stop", async () => {
+    const s = await setup();
+    await s.control.stop();
+    const e = message("!hive status");
+    await s.control.handleEvent(e);
+    expect(s.outcomes.size).toBe(0);
+    expect(s.bot.sent).toEqual([]);
+  });
+});
+
+describe("confirmation of destructive commands", () => {
+  it("agent remove without --yes says what it would do and what to send; nothing changes", async () => {
+    const s = await setup();
+    const e = message("!hive agent remove x");
+    expect(await s.send(e)).toEqual({ kind: "confirm", command: "agent remove" });
+    expect(s.api.mutations()).toEqual([]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe(
+      "This logs out `@agent-x:hive.test` (its token stops working) and makes it leave the hive rooms. Its account is kept.\n\n" +
+        "Send `!hive agent remove x --yes` to confirm.",
+    );
+  });
+
+  it("with --yes it runs", async () => {
+    const s = await setup();
+    const e = message("!hive agent remove x --yes");
+    expect(await s.send(e)).toEqual({ kind: "done", command: "agent remove" });
+    expect(s.api.mutations()).toEqual([{ method: "removeAgent", args: ["x"] }]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(/^Removed agent `x` \(`@agent-x:hive.test`\)\./);
+  });
+
+  it("agent rotate asks too, naming the token file", async () => {
+    const s = await setup();
+    const e = message("!hive agent rotate bee");
+    expect(await s.send(e)).toEqual({ kind: "confirm", command: "agent rotate" });
+    expect(s.api.mutations()).toEqual([]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+      /logs out `@agent-bee:hive.test`.*writes a new token to `\/srv\/agents\/bee\/state\/matrix-token`[\s\S]*Send `!hive agent rotate bee --yes` to confirm\./,
+    );
+  });
+
+  it("says what agents.onRemove makes removal do", async () => {
+    const dir = tempDir("hm-control-");
+    const s = await setup({ stateDir: dir, config: testConfig(dir, { control: { room: ROOM }, agents: { onRemove: { logout: false } } }) });
+    const e = message("!hive agent remove x");
+    await s.send(e);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+      /^This makes `@agent-x:hive.test` leave the hive rooms\. Its account is kept\./,
+    );
+  });
+
+  it("an unknown agent is an error before any confirmation", async () => {
+    const s = await setup();
+    const e = message("!hive agent remove nobody");
+    expect(await s.send(e)).toEqual({ kind: "failed", command: "agent remove", internal: false });
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe("There is no agent `nobody`. `!hive agents` lists them.");
+    expect(s.api.mutations()).toEqual([]);
+  });
+});
+
+describe("replies", () => {
+  it("turns an unexpected exception into an internal-error reply and a log line, without details in the room", async () => {
+    const s = await setup();
+    s.api.failWith = new Error("database exploded at /secret/path");
+    const e = message("!hive status");
+    expect(await s.send(e)).toEqual({ kind: "failed", command: "status", internal: true });
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe("Internal error while running `!hive status`; see the service log.");
+    const logged = s.logs.find((l) => l.includes("control-room command failed"));
+    expect(logged).toMatch(/"command":"status".*"err":"database exploded at \/secret\/path"/);
+  });
+
+  it("shows a CommandError's message as is", async () => {
+    const s = await setup();
+    s.api.failWith = new CommandError("agent y exists already (joined)");
+    const e = message("!hive agent add y");
+    expect(await s.send(e)).toEqual({ kind: "failed", command: "agent add", internal: false });
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe("agent y exists already (joined)");
+  });
+
+  it("says when the homeserver is unreachable", async () => {
+    const s = await setup();
+    s.api.failWith = new HomeserverUnreachableError("http://hs", "ECONNREFUSED");
+    const e = message("!hive sync");
+    await s.send(e);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+      /the homeserver is unreachable \(ECONNREFUSED\)\. Try again when it is back\./,
+    );
+  });
+
+  it("survives a reply that cannot be sent", async () => {
+    const s = await setup();
+    s.bot.sendError = new Error("send failed");
+    await expect(s.send(message("!hive version"))).resolves.toEqual({ kind: "failed", command: "version", internal: true });
+    expect(s.logs.join("")).toMatch(/could not send the error reply/);
+  });
+
+  it("escapes what agents and users said, in tables too", async () => {
+    const s = await setup();
+    const e = message("!hive agents");
+    await s.send(e);
+    const reply = only(s.bot.repliesTo(e.event_id!));
+    expect(reply.content.body).toMatch(/bee\s+`@agent-bee:hive.test`\s+failed \(token file not writable <b>\)/);
+    expect(reply.content.formatted_body).toContain("failed (token file not writable &lt;b&gt;)");
+    expect(foreignTags(String(reply.content.formatted_body))).toEqual([]);
+  });
+
+  it("explains usage errors with the usage line", async () => {
+    const s = await setup();
+    const e = message("!hive agent info");
+    expect(await s.send(e)).toEqual({ kind: "rejected", command: "agent info" });
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe("`agent info` needs `<name>`.\n\nUsage: `!hive agent info <name>`");
+  });
+
+  it("replies inside the thread a command was sent in", async () => {
+    const s = await setup();
+    const e = message("!hive version", { content: { "m.relates_to": { rel_type: "m.thread", event_id: "$root" } } });
+    await s.send(e);
+    expect(only(s.bot.repliesTo(e.event_id!)).content["m.relates_to"]).toMatchObject({ rel_type: "m.thread", event_id: "$root" });
+  });
+
+  it("shows long work in one message edited in place, throttled", async () => {
+    const s = await setup();
+    s.api.progressLines = Array.from({ length: 40 }, (_, i) => `step ${i}`);
+    const e = message("!hive sync");
+    expect(await s.send(e)).toEqual({ kind: "done", command: "sync" });
+    const first = only(s.bot.repliesTo(e.event_id!));
+    expect(first.content.body).toBe("Running `!hive sync`…\n\n- step 0");
+    const edits = s.bot.sent.filter((m) => m !== first);
+    // 40 lines at once: no intermediate edit inside the interval, only the final result.
+    expect(edits).toHaveLength(1);
+    expect(edits[0].content).toMatchObject({
+      "m.relates_to": { rel_type: "m.replace", event_id: first.eventId },
+      "m.new_content": { msgtype: "m.notice", body: expect.stringMatching(/^Sync done: 1 change, 0 problems\./) },
+    });
+  });
+
+  it("edits progress at most once per interval while work goes on", async () => {
+    const slow = new RecordingApi();
+    slow.sync = async (progress) => {
+      for (let i = 0; i < 10; i++) {
+        progress?.(`step ${i}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return { changes: [], problems: [] };
+    };
+    const t = await setup({ api: slow });
+    const e = message("!hive sync");
+    await t.send(e);
+    const first = only(t.bot.repliesTo(e.event_id!));
+    const edits = t.bot.sent.filter((m) => m !== first);
+    // ~200 ms of work with a 50 ms interval: a few edits, far fewer than 10, and the last is the result.
+    expect(edits.length).toBeGreaterThanOrEqual(2);
+    expect(edits.length).toBeLessThan(8);
+    expect(edits[edits.length - 1].content["m.new_content"]).toMatchObject({ body: "Sync done: everything was as it should be." });
+    for (const edit of edits) expect(edit.content["m.relates_to"]).toEqual({ rel_type: "m.replace", event_id: first.eventId });
+  });
+
+  it("counts commands by outcome", async () => {
+    const s = await setup();
+    await s.send(message("!hive version"));
+    await s.send(message("!hive agent remove x"));
+    const text = await s.metrics.registry.metrics();
+    expect(text).toMatch(/hive_matrix_commands_total\{command="version",outcome="done"\} 1/);
+    expect(text).toMatch(/hive_matrix_commands_total\{command="agent remove",outcome="confirm"\} 1/);
+  });
+
+  it("runs commands in the order they came, each after the previous finished", async () => {
+    const s = await setup();
+    const events = ["!hive agent add n1", "!hive agent info n1", "!hive agent remove n1 --yes"].map((b) => message(b));
+    for (const e of events) await s.control.handleEvent(e);
+    await s.control.idle();
+    expect(events.map((e) => s.outcomes.get(e.event_id!)?.kind)).toEqual(["done", "done", "done"]);
+    expect(s.api.mutations().map((c) => c.method)).toEqual(["addAgent", "removeAgent"]);
+  });
+});
+
+describe("commands render what the api says", () => {
+  it("status", async () => {
+    const s = await setup();
+    const e = message("!hive status");
+    await s.send(e);
+    const body = String(only(s.bot.repliesTo(e.event_id!)).content.body);
+    expect(body).toMatch(/Homeserver\s+`http:\/\/127.0.0.1:8008` reachable \(Synapse 1.x\)/);
+    expect(body).toMatch(/Ping \(homeserver → appservice\)\s+ok, 12 ms/);
+    expect(body).toMatch(/hive-matrix\s+0.1.0, up 1 h 2 min/);
+    expect(body).toMatch(/Agents\s+2: 1 joined, 1 failed/);
+    expect(body).toMatch(/Control room\s+`!control:hive.test`/);
+    expect(body).toMatch(/Last reconcile\s+2 min ago, 2 changes, 1 problem/);
+    expect(body).toMatch(/- hive-chat: <power> levels/);
+  });
+
+  it("agents --state filters", async () => {
+    const s = await setup();
+    const e = message("!hive agents --state=failed");
+    await s.send(e);
+    const body = String(only(s.bot.repliesTo(e.event_id!)).content.body);
+    expect(body).toMatch(/^1 agent failed \(of 2\):/);
+    expect(body).not.toMatch(/agent-x/);
+  });
+
+  it("invite validates the user ID before the api sees it", async () => {
+    const s = await setup();
+    await s.send(message("!hive invite not-a-user"));
+    await s.send(message("!hive invite @agent-q:hive.test"));
+    expect(s.api.mutations()).toEqual([]);
+    const e = message("!hive invite @bob:hive.test");
+    await s.send(e);
+    expect(s.api.mutations()).toEqual([{ method: "invite", args: ["@bob:hive.test"] }]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+      /^Inviting `@bob:hive.test` into the Space and hive-chat:\n\n- invited/,
+    );
+  });
+
+  it("agent add shows the result with the new agent", async () => {
+    const s = await setup();
+    const e = message("!hive agent add newbie");
+    await s.send(e);
+    expect(s.api.mutations()).toEqual([{ method: "addAgent", args: ["newbie"] }]);
+    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+      /^Added agent `newbie` \(`@agent-newbie:hive.test`\)\.[\s\S]*State\s+joined/,
+    );
+  });
+});
