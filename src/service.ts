@@ -6,6 +6,11 @@ import { EventEmitter } from "node:events";
 import type { Server } from "node:http";
 import type { Config } from "./config/schema";
 import { AgentManager } from "./agents/manager";
+import { ControlRoom, appserviceUserPredicate } from "./control";
+import { ServiceHiveApi } from "./hive-api";
+import { ReconcileLoop } from "./rooms/loop";
+import { RoomsReconciler } from "./rooms/reconciler";
+import type { DesiredMembers, ReconcileReport } from "./rooms/types";
 import { createAppserviceApp } from "./appservice/http";
 import { EventQueue } from "./events";
 import { createLogger, errorFields, type Logger, type SecretScrubber } from "./logging";
@@ -26,6 +31,8 @@ export interface ServiceOptions {
   registration: Registration;
   logger?: Logger;
   scrubber?: SecretScrubber;
+  /** Run the built-in control room (default true); an embedder or a test with its own turns it off. */
+  controlRoom?: boolean;
 }
 
 export class HiveMatrixService extends EventEmitter {
@@ -41,6 +48,13 @@ export class HiveMatrixService extends EventEmitter {
   readonly transactions: TransactionStore;
   readonly events: EventQueue;
   readonly agents: AgentManager;
+  readonly rooms: RoomsReconciler;
+  readonly roomsLoop: ReconcileLoop;
+  readonly control: ControlRoom;
+  /** Problems of the last reconcile, so that the control room hears of each one once. */
+  private reportedProblems = new Set<string>();
+  private homeserverReachable = true;
+  private readonly controlEnabled: boolean;
   readonly startedAt = Date.now();
   homeserverVersions: Versions | undefined;
   lastPing: (PingResult & { at: number }) | undefined;
@@ -70,6 +84,7 @@ export class HiveMatrixService extends EventEmitter {
       logger: this.logger.child({ module: "homeserver" }),
       metrics: this.metrics,
       userNamespaces: this.registration.namespaces.users.map((ns) => new RegExp(ns.regex)),
+      onReachability: (reachable) => this.reachability(reachable),
     });
     this.bot = new HiveMatrixClient(this.transport, this.botUserId);
     this.state = new StateStore(this.config.stateDir);
@@ -83,6 +98,51 @@ export class HiveMatrixService extends EventEmitter {
       logger: this.logger,
       metrics: this.metrics,
       scrubber: this.scrubber,
+    });
+    this.rooms = new RoomsReconciler(this);
+    // Wrapped so that the agents learn which memberships a successful run applied.
+    const reconciling = {
+      isRelevant: (event: MatrixEvent) => this.rooms.isRelevant(event),
+      reconcile: async (members: DesiredMembers, reason?: string) => {
+        const report = await this.rooms.reconcile(members, reason);
+        this.afterReconcile(members, report);
+        return report;
+      },
+    };
+    this.roomsLoop = new ReconcileLoop(reconciling, {
+      members: () => this.agents.membership(),
+      intervalSeconds: this.config.rooms.reconcileIntervalSeconds,
+      logger: this.logger,
+    });
+    this.control = new ControlRoom({
+      bot: this.bot,
+      botUserId: this.botUserId,
+      state: this.state,
+      config: this.config,
+      logger: this.logger,
+      metrics: this.metrics,
+      api: new ServiceHiveApi({
+        service: this,
+        agents: this.agents,
+        rooms: this.rooms,
+        loop: this.roomsLoop,
+        controlRoomId: () => this.control.roomId,
+      }),
+      isAppserviceUser: (() => {
+        const inNamespace = appserviceUserPredicate(this.registration, this.config.homeserver.domain);
+        // With the bare {name} template an agent the registration does not list yet is still ours.
+        return (userId: string) => inNamespace(userId) || this.agents.isAgentUser(userId);
+      })(),
+    });
+    this.events.on((event) => this.roomsLoop.onEvent(event));
+    this.controlEnabled = options.controlRoom ?? true;
+    if (this.controlEnabled) this.events.on((event) => this.control.handleEvent(event));
+    this.agents.on("changed", (name: string, outcome: string) => void this.roomsLoop.trigger(`agent ${name} ${outcome}`));
+    this.agents.on("onboarded", (name: string) => this.control.report("agent-onboarded", name));
+    this.agents.on("removed", (name: string) => this.control.report("agent-removed", name));
+    this.agents.on("failed", (name: string, reason: string) => {
+      if (/registration refresh needed/.test(reason)) this.control.report("registration-refresh", `${name}: ${reason}`);
+      else this.control.report("agent-failed", `${name}: ${reason}`);
     });
   }
 
@@ -133,6 +193,8 @@ export class HiveMatrixService extends EventEmitter {
 
     this.events.start();
     this.agents.start();
+    if (this.controlEnabled) await this.control.start();
+    void this.roomsLoop.start();
     this.ready = true;
     this.metrics.ready.set(1);
     log.info({ version: VERSION, botUserId: this.botUserId }, "hive-matrix is ready");
@@ -145,7 +207,11 @@ export class HiveMatrixService extends EventEmitter {
     this.stopping = true;
     this.ready = false;
     this.abort.abort();
+    // Agents first: no new onboarding starts, the agents in flight finish; then the rooms, then
+    // the control room, which sends the reports queued until then.
     await this.agents.stop();
+    await this.roomsLoop.stop();
+    if (this.controlEnabled) await this.control.stop();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {
@@ -158,6 +224,47 @@ export class HiveMatrixService extends EventEmitter {
     this.state.unlock();
     this.logger.info("hive-matrix stopped");
     this.logger.flush();
+  }
+
+  /** A live check for `!hive status`: one /versions request, no retries, and the server's name and version when it says. */
+  async probeHomeserver(): Promise<{ ok: boolean; version?: string }> {
+    try {
+      await this.transport.request("GET", "/_matrix/client/versions", { accessToken: null, retry: "never", timeoutMs: 5000 });
+    } catch {
+      return { ok: false };
+    }
+    try {
+      const res = await this.transport.request<{ server?: { name?: string; version?: string } }>("GET", "/_matrix/federation/v1/version", {
+        accessToken: null,
+        retry: "never",
+        timeoutMs: 5000,
+      });
+      return { ok: true, version: res.server ? `${res.server.name ?? "?"} ${res.server.version ?? ""}`.trim() : undefined };
+    } catch {
+      return { ok: true };
+    }
+  }
+
+  private afterReconcile(members: DesiredMembers, report: ReconcileReport): void {
+    if (report.problems.length === 0) this.agents.roomsReconciled(members);
+    // "restored" marks a state event that had been changed by someone (diff.ts); first-time setup says "set".
+    for (const change of report.changes.filter((c) => / restored\b/.test(c))) this.control.report("drift-repaired", change);
+    const fresh = report.problems.filter((p) => !this.reportedProblems.has(p));
+    for (const problem of fresh) this.control.report("rooms-unusable", problem);
+    this.reportedProblems = new Set(report.problems);
+  }
+
+  private reachability(reachable: boolean): void {
+    if (reachable === this.homeserverReachable) return;
+    this.homeserverReachable = reachable;
+    if (!this.ready) return;
+    if (reachable) {
+      this.logger.info("the homeserver is reachable again");
+      this.control.report("homeserver-back", this.config.homeserver.url);
+    } else {
+      this.logger.warn("the homeserver is unreachable");
+      this.control.report("homeserver-down", this.config.homeserver.url);
+    }
   }
 
   health(): { ready: boolean } & Record<string, unknown> {

@@ -56,6 +56,8 @@ export interface TransportOptions {
    * a request leaves, so no bug elsewhere can make the service speak for a user it does not own.
    */
   userNamespaces?: RegExp[];
+  /** Told whether the homeserver answered (any HTTP response) or could not be reached (after retries). */
+  onReachability?: (reachable: boolean) => void;
   /** Injected in unit tests to avoid real waiting. */
   sleep?: (ms: number) => Promise<void>;
 }
@@ -140,9 +142,11 @@ export class HomeserverTransport {
           continue;
         }
         this.observe(method, route, started);
+        this.options.onReachability?.(false);
         throw new HomeserverUnreachableError(this.baseUrl, reason);
       }
       const text = await response.text();
+      this.options.onReachability?.(true);
       this.options.metrics.homeserverRequests.inc({ method, route, outcome: String(response.status) });
       if (response.ok) {
         this.observe(method, route, started);

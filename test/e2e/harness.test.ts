@@ -196,8 +196,11 @@ describe("e2e harness", () => {
       expect(regexes).toContain(`^@old1:${hs.serverName.replace(/\./g, "\\.")}$`);
       for (const account of slot.preexistingAccounts) {
         expect(account.userId).toBe(`@${account.name}:${hs.serverName}`);
-        const own = await mx("GET", "/_matrix/client/v3/account/whoami", account.accessToken);
-        expect(own).toMatchObject({ status: 200, body: { user_id: account.userId } });
+        // old3 is the adoption test's (onboarding.test.ts), which revokes its old token: whichever file runs first.
+        if (account.name !== "old3") {
+          const own = await mx("GET", "/_matrix/client/v3/account/whoami", account.accessToken);
+          expect(own).toMatchObject({ status: 200, body: { user_id: account.userId } });
+        }
         const asUser = await mx("GET", "/_matrix/client/v3/account/whoami", slot.asToken, {
           query: { user_id: account.userId },
         });

@@ -218,7 +218,8 @@ describe("adopting agents of the older flow under the {name} template", () => {
     try {
       const registration = loadRegistration(slot.registrationPath);
       const config = makeTestConfig(slot, { agents: { names: slot.agentNames } });
-      const account = slot.preexistingAccounts[0];
+      // old3 is reserved for this test (harness.test.ts checks the others' old tokens still work).
+      const account = slot.preexistingAccounts[2];
       makeAgentDir(config, account.name);
       writeFileSync(tokenPath(config, account.name), `${account.accessToken}\n`, { mode: 0o600 });
       run = await startRecordedService(config, registration);

@@ -381,7 +381,7 @@ export function deepMerge(base: Record<string, unknown>, over: Record<string, un
 /**
  * A parsed Config for a hive-matrix instance on `slot`: the run's Synapse, the slot's appservice
  * identity and registration, fresh state dirs (stateDir 0700 and agents.stateRoot, both created)
- * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, log level warn.
+ * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, a unique hive-chat alias, log level warn.
  * `overrides` is deep-merged onto that raw input before parsing.
  */
 export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Config {
@@ -406,6 +406,8 @@ export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Con
     stateDir,
     operators: [],
     agents: { stateRoot, localpart: slot.agentTemplate, restartCommand: ["true"] },
+    // Aliases are global on the shared Synapse: each instance gets its own, or they would fight over one.
+    rooms: { chat: { alias: `hive-chat-${slot.name}-${randomBytes(3).toString("hex")}` } },
     logging: { level: "warn" },
   };
   return configSchema.parse(deepMerge(raw, overrides as Record<string, unknown>));

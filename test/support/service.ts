@@ -18,10 +18,14 @@ export interface StartedService {
 const started: StartedService[] = [];
 
 /** Starts a service whose logs are captured and whose handled events are recorded. */
-export async function startRecordedService(config: Config, registration: Registration): Promise<StartedService> {
+export async function startRecordedService(
+  config: Config,
+  registration: Registration,
+  options: { controlRoom?: boolean } = {},
+): Promise<StartedService> {
   const { lines, destination } = captureLogs();
   const { logger, scrubber } = createLogger({ level: "debug", destination });
-  const service = new HiveMatrixService({ config, registration, logger, scrubber });
+  const service = new HiveMatrixService({ config, registration, logger, scrubber, ...options });
   const seen: MatrixEvent[] = [];
   service.onEvent((e) => {
     seen.push(e);

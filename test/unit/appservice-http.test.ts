@@ -214,7 +214,9 @@ describe("durable de-duplication", () => {
     let release: () => void = () => undefined;
     first.service.onEvent(() => new Promise<void>((r) => (release = r)));
     expect((await first.hs.pushTransaction("t1", { events: [event(7)] })).status).toBe(200);
+    // The process "dies": its files are closed and its lock is left for the next process to take over.
     first.service.transactions.close();
+    first.service.state.unlock();
     const second = await startService("synapse", { stateDir, registration: first.registration });
     await second.service.events.idle();
     expect(second.seen.map((e) => e.event_id)).toEqual(["$e7"]);
