@@ -15,45 +15,12 @@ import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { registerUser, type RegisteredUser } from "../harness/synapse";
 import { RecordingApi } from "../support/control";
+import { cs, say, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
+import { eventually as until } from "../support/wait";
 
 const env = e2eEnv();
 const stamp = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
-
-interface RoomEvent {
-  type: string;
-  event_id: string;
-  sender: string;
-  content: Record<string, unknown>;
-}
-
-async function cs<T>(token: string, method: string, path: string, body?: unknown): Promise<T> {
-  const res = await fetch(`${env.synapse.url}/_matrix/client/v3${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
-  return JSON.parse(text) as T;
-}
-
-let txn = 0;
-async function say(user: RegisteredUser, roomId: string, body: string): Promise<string> {
-  const path = `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t${stamp}-${++txn}`;
-  const { event_id } = await cs<{ event_id: string }>(user.accessToken, "PUT", path, { msgtype: "m.text", body });
-  return event_id;
-}
-
-async function until<T>(probe: () => T | undefined | Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe("control room against Synapse", () => {
   let slot: AcquiredSlot;

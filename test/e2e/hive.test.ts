@@ -1,0 +1,183 @@
+/**
+ * The whole hive against Synapse, with the real back end: agents onboarded and joined to the
+ * Space and hive-chat, and a real operator running it from the control room (#3, #4, #5 together).
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../../src/config/schema";
+import { HiveMatrixClient } from "../../src/matrix/client";
+import { loadRegistration } from "../../src/registration";
+import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
+import { registerUser, type RegisteredUser } from "../harness/synapse";
+import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
+import { startRecordedService, type StartedService } from "../support/service";
+import { eventually } from "../support/wait";
+
+const env = e2eEnv();
+const tag = randomBytes(2).toString("hex");
+
+describe("the hive, run from the control room", () => {
+  let slot: AcquiredSlot;
+  let config: Config;
+  let run: StartedService;
+  let operator: RegisteredUser;
+  let stranger: RegisteredUser;
+  let controlRoom: string;
+  const names = [`h${tag}a`, `h${tag}b`];
+  const added = `h${tag}x`;
+
+  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`;
+  const reply = (eventId: string): Promise<RoomEvent> =>
+    eventually(async () => (await repliesTo(operator, controlRoom, eventId, run.service.botUserId))[0], `the bot's reply to ${eventId}`);
+  const body = (e: RoomEvent): string => String(((e.content["m.new_content"] as RoomEvent["content"] | undefined) ?? e.content).body);
+  /** The reply's text after its last edit (progress messages are edited in place). */
+  async function finalText(eventId: string, settled: RegExp): Promise<string> {
+    const first = await reply(eventId);
+    return eventually(async () => {
+      const edits = (await timeline(operator, controlRoom)).filter(
+        (e) => (e.content["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)?.event_id === first.event_id,
+      );
+      const text = edits.length > 0 ? body(edits[0]) : body(first);
+      return settled.test(text) ? text : undefined;
+    }, `the final text of the reply to ${eventId}`);
+  }
+  async function membership(roomId: string, userId: string): Promise<string | undefined> {
+    const state = await run.service.transport.request<RoomEvent[]>("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state`);
+    return state.find((e) => e.type === "m.room.member" && e.state_key === userId)?.content.membership as string | undefined;
+  }
+
+  beforeAll(async () => {
+    slot = await acquireSlot("standard");
+    operator = await registerUser(env.synapse, `hop${tag}`);
+    stranger = await registerUser(env.synapse, `hstr${tag}`);
+    config = makeTestConfig(slot, { operators: [operator.userId], control: { notifyIntervalSeconds: 1 } });
+    for (const name of names) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
+    run = await startRecordedService(config, loadRegistration(slot.registrationPath));
+    controlRoom = await eventually(() => run.service.control.roomId, "the control room");
+    await cs(operator.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {});
+    await run.service.agents.idle();
+  });
+  afterAll(async () => {
+    await run?.service.stop();
+    slot?.release();
+  });
+
+  it("every provisioned agent is joined to the Space and hive-chat; the operator is invited to both", async () => {
+    const { rooms } = run.service;
+    const spaceId = await eventually(() => rooms.spaceId, "the Space");
+    const chatId = await eventually(() => rooms.chatId, "hive-chat");
+    for (const name of names) {
+      await eventually(async () => ((await membership(spaceId, userOf(name))) === "join" ? true : undefined), `${name} in the Space`);
+      await eventually(async () => ((await membership(chatId, userOf(name))) === "join" ? true : undefined), `${name} in hive-chat`);
+      await eventually(() => (run.service.agents.records.get(name)?.state === "joined" ? true : undefined), `${name} marked joined`);
+    }
+    expect(await membership(spaceId, operator.userId)).toBe("invite");
+    expect(await membership(chatId, operator.userId)).toBe("invite");
+  });
+
+  it("!hive help lists every command, generated from the table", async () => {
+    const help = await reply(await say(operator, controlRoom, "!hive help"));
+    expect(help.content.msgtype).toBe("m.notice");
+    for (const command of [
+      "help",
+      "status",
+      "agents",
+      "agent info",
+      "agent add",
+      "agent remove",
+      "agent rotate",
+      "invite",
+      "sync",
+      "rooms recreate",
+      "version",
+    ]) {
+      expect(String(help.content.body)).toContain(`!hive ${command}`);
+    }
+    expect(String(help.content.formatted_body)).toContain("<code>");
+  });
+
+  it("!hive agents lists the provisioned agents with their state", async () => {
+    const list = await reply(await say(operator, controlRoom, "!hive agents"));
+    for (const name of names) expect(String(list.content.body)).toContain(name);
+    expect(String(list.content.body)).toContain("joined");
+    expect(String(list.content.formatted_body)).toContain("<table>");
+  });
+
+  it("!hive agent add x provisions x, joins it to the rooms and reports it", async () => {
+    const text = await finalText(await say(operator, controlRoom, `!hive agent add ${added}`), /Added|added|failed/i);
+    expect(text).toContain(added);
+    expect(text).not.toMatch(/failed|error/i);
+    expect(run.service.agents.records.get(added)).toMatchObject({ source: "command" });
+    await eventually(
+      async () => ((await membership(run.service.rooms.chatId!, userOf(added))) === "join" ? true : undefined),
+      `${added} in hive-chat`,
+    );
+  });
+
+  it("!hive agent remove without --yes asks and changes nothing; with --yes it removes", async () => {
+    const name = names[0];
+    const token = readFileSync(join(config.agents.stateRoot, name, "state", "matrix-token"), "utf8").trim();
+    const ask = await reply(await say(operator, controlRoom, `!hive agent remove ${name}`));
+    expect(body(ask)).toContain(`!hive agent remove ${name} --yes`);
+    expect(run.service.agents.records.get(name)?.state).toBe("joined");
+    const whoami = (): Promise<Response> =>
+      fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
+    expect((await whoami()).status).toBe(200);
+
+    const text = await finalText(await say(operator, controlRoom, `!hive agent remove ${name} --yes`), /Removed|removed/);
+    expect(text).toContain(name);
+    expect(run.service.agents.records.get(name)?.state).toBe("removed");
+    expect((await whoami()).status).toBe(401);
+    await eventually(
+      async () => ((await membership(run.service.rooms.chatId!, userOf(name))) === "leave" ? true : undefined),
+      `${name} left hive-chat`,
+    );
+  });
+
+  it("a non-operator is refused and an agent user is ignored; nothing changes", async () => {
+    await cs(stranger.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {}).catch(() => undefined);
+    // The stranger was not invited; the operator invites them so they can speak in the room.
+    await cs(operator.accessToken, "POST", `/rooms/${encodeURIComponent(controlRoom)}/invite`, { user_id: stranger.userId }).catch(
+      () => undefined,
+    );
+    await cs(stranger.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {});
+    const target = names[1];
+    const refused = await reply(await say(stranger, controlRoom, `!hive agent remove ${target} --yes`));
+    expect(body(refused)).toMatch(/only .*operators|not allowed|may not/i);
+
+    const agent = new HiveMatrixClient(run.service.transport, userOf(target));
+    await run.service.bot.inviteUser(userOf(target), controlRoom).catch(() => undefined);
+    await agent.joinRoom(controlRoom);
+    const fromAgent = await agent.sendMessage(controlRoom, { msgtype: "m.text", body: `!hive agent remove ${target} --yes` });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await repliesTo(operator, controlRoom, fromAgent, run.service.botUserId)).toEqual([]);
+    expect(run.service.agents.records.get(target)?.state).toBe("joined");
+    expect(existsSync(join(config.agents.stateRoot, target, "state", "matrix-token"))).toBe(true);
+  });
+
+  it("a transaction replayed with a command runs it once", async () => {
+    const eventId = await say(operator, controlRoom, "!hive version");
+    await reply(eventId);
+    const events = (await timeline(operator, controlRoom)).filter((e) => e.event_id === eventId);
+    const replay = { ...events[0], room_id: controlRoom };
+    const res = await fetch(`http://127.0.0.1:${slot.port}/_matrix/app/v1/transactions/replay-${tag}`, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${slot.hsToken}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ events: [replay] }),
+    });
+    expect(res.status).toBe(200);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await repliesTo(operator, controlRoom, eventId, run.service.botUserId)).toHaveLength(1);
+  });
+
+  it("!hive status answers with the rooms and agent counts; the bot reported the onboarding on its own", async () => {
+    const status = await reply(await say(operator, controlRoom, "!hive status"));
+    expect(String(status.content.body)).toContain(run.service.rooms.spaceId!);
+    expect(String(status.content.body)).toContain(run.service.rooms.chatId!);
+    const reports = (await timeline(operator, controlRoom)).filter(
+      (e) => e.sender === run.service.botUserId && /onboarded/i.test(String(e.content.body)),
+    );
+    expect(reports.length).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,51 @@
+/** A real Matrix user talking to the run's Synapse through the client-server API, as an operator's client would. */
+import { e2eEnv } from "../harness/slots";
+import type { RegisteredUser } from "../harness/synapse";
+
+export interface RoomEvent {
+  type: string;
+  event_id: string;
+  sender: string;
+  state_key?: string;
+  content: Record<string, unknown>;
+}
+
+/** A client-server request with the user's token; a non-2xx answer throws with the body. */
+export async function cs<T>(token: string, method: string, path: string, body?: unknown): Promise<T> {
+  const res = await fetch(`${e2eEnv().synapse.url}/_matrix/client/v3${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
+  return JSON.parse(text) as T;
+}
+
+let txn = 0;
+const run = `${Date.now().toString(36)}-${process.pid}`;
+
+/** Sends a text message; returns its event ID. */
+export async function say(user: RegisteredUser, roomId: string, body: string): Promise<string> {
+  const path = `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t${run}-${++txn}`;
+  const { event_id } = await cs<{ event_id: string }>(user.accessToken, "PUT", path, { msgtype: "m.text", body });
+  return event_id;
+}
+
+/** The room's latest events, newest first. */
+export async function timeline(user: RegisteredUser, roomId: string, limit = 200): Promise<RoomEvent[]> {
+  const res = await cs<{ chunk: RoomEvent[] }>(
+    user.accessToken,
+    "GET",
+    `/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=${limit}`,
+  );
+  return res.chunk;
+}
+
+/** Messages from `sender` that reply to `eventId`. */
+export async function repliesTo(user: RegisteredUser, roomId: string, eventId: string, sender: string): Promise<RoomEvent[]> {
+  return (await timeline(user, roomId)).filter((e) => {
+    const rel = e.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined;
+    return e.sender === sender && rel?.["m.in_reply_to"]?.event_id === eventId;
+  });
+}
