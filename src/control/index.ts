@@ -16,7 +16,7 @@ import { code, para, r, type Rich } from "./render";
 import { Replies, type MessageClient } from "./replies";
 import { CONTROL_ROOM_FILE, isEncrypted, locateControlRoom, reconcileOperators, type LocatedRoom, type RoomClient } from "./room";
 import { SeenCommands } from "./seen";
-import type { CommandDef } from "./table";
+import { PREFIX, type CommandDef } from "./table";
 
 export { CommandError } from "./api";
 export type { AgentState, AgentView, HiveApi, HiveStatus, ProgressSink, SyncReport } from "./api";
@@ -204,6 +204,7 @@ export class ControlRoom {
       this.attempts = 0;
       this.logger.info({ roomId: room.roomId, origin: room.origin, encrypted: this.encrypted }, "control room ready");
       if (this.encrypted) await this.warnEncrypted();
+      await this.answerInterrupted();
       const early = this.early.splice(0);
       for (const event of early) await this.handleEvent(event);
       void this.notifier.flush();
@@ -222,6 +223,29 @@ export class ControlRoom {
         this.retryTimer.unref();
       }
       return false;
+    }
+  }
+
+  /** Commands cut off by a crash get one reply saying so; they are not run again (see seen.ts). */
+  private async answerInterrupted(): Promise<void> {
+    for (const target of this.seen.interrupted()) {
+      try {
+        if (target.roomId === this.room?.roomId) {
+          const message = para(
+            "hive-matrix was restarted while this command was running, so it may be half done. It was not run again: check with ",
+            code(`${PREFIX} agents`),
+            " or ",
+            code(`${PREFIX} status`),
+            " and send it again if needed.",
+          );
+          // The progress message, if one was shown, becomes the answer; otherwise a new reply.
+          if (target.progressEventId) await this.replies.edit(target.roomId, target.progressEventId, message);
+          else await this.replies.notice(target.roomId, message, target);
+        }
+        this.seen.finish(target.eventId);
+      } catch (err) {
+        this.logger.warn({ eventId: target.eventId, ...errorFields(err) }, "could not answer a command interrupted by a restart");
+      }
     }
   }
 

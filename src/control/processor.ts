@@ -158,7 +158,7 @@ export class CommandProcessor {
     const threadId = relates?.rel_type === "m.thread" && typeof relates.event_id === "string" ? relates.event_id : undefined;
     const target: ReplyTarget = { roomId, eventId, sender, threadId };
     try {
-      this.deps.seen.add(eventId);
+      this.deps.seen.add(eventId, target);
     } catch (err) {
       return { job: { target, line, unrecorded: err } };
     }
@@ -181,6 +181,11 @@ export class CommandProcessor {
       await reply(this.failure(err, running.command, target)).catch((sendErr: unknown) => {
         this.deps.logger.warn({ eventId: target.eventId, ...errorFields(sendErr) }, "could not send the error reply to a command");
       });
+    }
+    try {
+      this.deps.seen.finish(target.eventId);
+    } catch (err) {
+      this.deps.logger.warn({ eventId: target.eventId, ...errorFields(err) }, "could not mark a command as finished");
     }
     this.report(target.eventId, outcome, target.sender);
     return outcome;
@@ -231,7 +236,15 @@ export class CommandProcessor {
       await reply(blocks(what, para(r`Send ${code(confirmLine(inv))} to confirm.`)));
       return { kind: "confirm", command: name };
     }
-    if (inv.command.progress) running.progress = this.deps.replies.progress(target, r`Running ${code(`${PREFIX} ${name}`)}…`);
+    if (inv.command.progress) {
+      running.progress = this.deps.replies.progress(target, r`Running ${code(`${PREFIX} ${name}`)}…`, (progressId) => {
+        try {
+          this.deps.seen.setProgress(target.eventId, progressId);
+        } catch (err) {
+          this.deps.logger.warn({ eventId: target.eventId, ...errorFields(err) }, "could not record a progress message");
+        }
+      });
+    }
     this.deps.logger.info({ eventId: target.eventId, sender: target.sender, command: name }, "running a control-room command");
     const result = await inv.command.run(ctx);
     await reply(result);

@@ -78,8 +78,8 @@ export class Replies {
   }
 
   /** A message for the progress of long work, sent on the first line of progress. */
-  progress(target: ReplyTarget, title: Rich): Progress {
-    return new Progress(this, target, title, this.editIntervalMs, this.logger);
+  progress(target: ReplyTarget, title: Rich, onSent?: (eventId: string) => void): Progress {
+    return new Progress(this, target, title, this.editIntervalMs, this.logger, onSent);
   }
 }
 
@@ -106,6 +106,7 @@ export class Progress {
     private readonly title: Rich,
     private readonly intervalMs: number,
     private readonly logger: Logger,
+    private readonly onSent?: (eventId: string) => void,
   ) {}
 
   update(line: string): void {
@@ -118,10 +119,16 @@ export class Progress {
     if (!this.sent) {
       const message = this.render();
       this.lastEdit = Date.now();
-      this.sent = this.replies.notice(this.target.roomId, message, this.target).catch((err: unknown) => {
-        this.logger.warn(errorFields(err), "could not send a progress message");
-        return undefined;
-      });
+      this.sent = this.replies.notice(this.target.roomId, message, this.target).then(
+        (eventId) => {
+          this.onSent?.(eventId);
+          return eventId;
+        },
+        (err: unknown) => {
+          this.logger.warn(errorFields(err), "could not send a progress message");
+          return undefined;
+        },
+      );
       this.chain = this.sent;
       return;
     }

@@ -9,8 +9,10 @@ import { z } from "zod";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { spawnService, waitReady } from "../support/child";
+import { registerUser } from "../harness/synapse";
+import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
-import { until } from "../support/wait";
+import { eventually, until } from "../support/wait";
 
 const env = e2eEnv();
 
@@ -75,6 +77,64 @@ describe("hive-matrix as a process", () => {
       const token = readFileSync(tokenOf(name), "utf8").trim();
       expect(await whoami(token)).toBe(200);
       expect(await deviceCount(token)).toBe(1);
+    }
+  });
+
+  it("SIGKILL while commands are in flight: after restarts every command is answered exactly once, none runs twice", async () => {
+    await run?.service.stop();
+    run = undefined;
+    const operator = await registerUser(env.synapse, `kop${randomBytes(3).toString("hex")}`);
+    const config = makeTestConfig(slot, { operators: [operator.userId], logging: { level: "info" } });
+    const dir = join(config.stateDir, "..");
+    const commands: string[] = [];
+    let child = spawnService(config, dir);
+    await waitReady(config.appservice.url, child);
+    const roomId = readFileSync(join(config.stateDir, "control-room-id"), "utf8").trim();
+    await cs(operator.accessToken, "POST", `/join/${encodeURIComponent(roomId)}`, {});
+    for (let round = 0; round < 4; round++) {
+      commands.push(await say(operator, roomId, "!hive sync"));
+      // Somewhere between delivery, the inbox write, the command's record and its reply.
+      await new Promise((r) => setTimeout(r, round * 40));
+      child.proc.kill("SIGKILL");
+      await child.exited;
+      child = spawnService(config, dir);
+      await waitReady(config.appservice.url, child);
+    }
+    try {
+      const botUserId = `@${slot.botLocalpart}:${env.synapse.serverName}`;
+      for (const eventId of commands) {
+        await eventually(
+          async () => ((await repliesTo(operator, roomId, eventId, botUserId)).length > 0 ? true : undefined),
+          `a reply to ${eventId}`,
+          60_000,
+        );
+      }
+      // Time for any (wrong) second delivery or second reply to show.
+      await new Promise((r) => setTimeout(r, 3000));
+      const events = await timeline(operator, roomId);
+      /** A reply's text after its latest edit (timeline is newest first). */
+      const finalText = (reply: RoomEvent): string => {
+        const edit = events.find(
+          (e) => (e.content["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)?.event_id === reply.event_id,
+        );
+        return String(((edit?.content["m.new_content"] as RoomEvent["content"] | undefined) ?? reply.content).body);
+      };
+      const outcomes: string[] = [];
+      for (const eventId of commands) {
+        const replies = await repliesTo(operator, roomId, eventId, botUserId);
+        const answers = replies.filter((r) => !finalText(r).startsWith("Running `!hive sync`"));
+        // One answer: the result, or "interrupted, not run again". A progress message may be left
+        // over only when the kill fell between its sending and its recording (milliseconds).
+        expect(answers).toHaveLength(1);
+        expect(replies.length - answers.length).toBeLessThanOrEqual(1);
+        outcomes.push(/restarted while this command was running/.test(finalText(answers[0])) ? "interrupted" : "done");
+      }
+      // The kills really hit commands in flight (else the test proves nothing about them).
+      expect(outcomes).toContain("interrupted");
+      expect(child.lines.join("\n")).not.toContain(slot.hsToken);
+    } finally {
+      child.proc.kill("SIGTERM");
+      await child.exited;
     }
   });
 });
