@@ -3,7 +3,18 @@
  * token files; restarts change nothing; rotation and removal revoke; hostile dirs change nothing.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
@@ -172,6 +183,29 @@ describe("onboarding against Synapse", () => {
     const st = lstatSync(join(dir, "matrix-token"));
     expect(st.isSymbolicLink()).toBe(false);
     expect((await whoami(readToken(config, name))).status).toBe(200);
+  });
+
+  it("a symlinked state dir and a hardlinked token file: nothing outside the agent dir changes", async () => {
+    const linked = uniqueName("l");
+    const hard = uniqueName("k");
+    const elsewhere = join(config.stateDir, "..", `elsewhere-${linked}`);
+    mkdirSync(elsewhere);
+    mkdirSync(join(config.agents.stateRoot, linked));
+    symlinkSync(elsewhere, join(config.agents.stateRoot, linked, "state"));
+    const victim = join(config.stateDir, "..", `hard-victim-${hard}.txt`);
+    writeFileSync(victim, "do not touch\n", { mode: 0o644 });
+    const dir = makeAgentDir(config, hard);
+    linkSync(victim, join(dir, "matrix-token"));
+    const { service, logs } = await start();
+    await service.agents.idle();
+    expect(readdirSync(elsewhere)).toEqual([]);
+    expect(service.agents.records.get(linked)).toMatchObject({ state: "failed", reason: expect.stringMatching(/symlink/) });
+    expect(logs.join("")).toContain("is a symlink; refusing to write through it");
+    expect(readFileSync(victim, "utf8")).toBe("do not touch\n");
+    expect(statSync(victim).mode & 0o777).toBe(0o644);
+    expect(statSync(victim).nlink).toBe(1);
+    expect((await whoami(readToken(config, hard))).status).toBe(200);
+    rmSync(join(config.agents.stateRoot, linked), { recursive: true });
   });
 
   it("invalid names are refused with a clear log line and nothing is written", async () => {
