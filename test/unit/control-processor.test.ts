@@ -111,6 +111,8 @@ describe("who is obeyed", () => {
     const s = await setup();
     expect(await s.send(message("!hive status", { sender: OPERATOR.toUpperCase() }))).toEqual({ kind: "refused" });
     expect(await s.send(message("!hive status", { sender: `${OPERATOR} ` }))).toEqual({ kind: "refused" });
+    // The same localpart on another server is someone else.
+    expect(await s.send(message("!hive status", { sender: OPERATOR.replace(/:.*$/, ":evil.example") }))).toEqual({ kind: "refused" });
     expect(s.api.calls).toEqual([]);
   });
 
