@@ -1,3 +1,5 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { SeenCommands } from "../../src/control/seen";
 import { StateStore } from "../../src/store/state-store";
 import { tempDir } from "../support/tmp";
@@ -22,5 +24,16 @@ describe("handled commands across a crash", () => {
     again.load();
     expect(again.interrupted()).toEqual([]);
     expect(again.has("$cut")).toBe(true);
+  });
+});
+
+describe("a corrupted commands-seen.json", () => {
+  it("is an error naming the file, and the file is left as it was", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    writeFileSync(join(dir, "commands-seen.json"), '{"version": 1, "eventIds": "oops"}');
+    expect(() => new SeenCommands(store).load()).toThrow(/commands-seen\.json: is corrupted/);
+    expect(readFileSync(join(dir, "commands-seen.json"), "utf8")).toBe('{"version": 1, "eventIds": "oops"}');
   });
 });
