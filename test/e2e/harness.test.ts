@@ -110,7 +110,9 @@ describe("e2e harness", () => {
       try {
         const ping = await mx("POST", `/_matrix/client/v1/appservice/${slot.id}/ping`, slot.asToken, { body: {} });
         expect(ping.status).toBe(200);
-        expect(seenTokens).toEqual([slot.hsToken]);
+        // Synapse may also deliver transactions queued for this slot by earlier tests: every request counts.
+        expect(seenTokens.length).toBeGreaterThan(0);
+        expect([...new Set(seenTokens)]).toEqual([slot.hsToken]);
       } finally {
         await new Promise((resolve) => server.close(resolve));
       }
