@@ -254,6 +254,15 @@ export class HiveMatrixService extends EventEmitter {
     this.reportedProblems = new Set(report.problems);
   }
 
+  /** The homeserver asks whether a user of our namespace exists: agents of this hive are created on the spot. */
+  private async onUserQuery(userId: string): Promise<boolean> {
+    if (userId === this.botUserId) return true;
+    if (!this.agents.isAgentUser(userId)) return false;
+    const localpart = userId.slice(1, userId.indexOf(":"));
+    await ensureRegistered(this.transport, localpart, this.config.homeserver.domain);
+    return true;
+  }
+
   private reachability(reachable: boolean): void {
     if (reachable === this.homeserverReachable) return;
     this.homeserverReachable = reachable;
@@ -303,7 +312,7 @@ export class HiveMatrixService extends EventEmitter {
           this.emit("transaction", txnId, events.length);
           return "accepted";
         },
-        onUserQuery: async (userId) => userId === this.botUserId || this.agents.isAgentUser(userId),
+        onUserQuery: (userId) => this.onUserQuery(userId),
         onPing: (transactionId) => {
           this.lastPingReceived = { at: Date.now(), transactionId };
         },

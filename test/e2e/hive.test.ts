@@ -180,4 +180,15 @@ describe("the hive, run from the control room", () => {
     );
     expect(reports.length).toBeGreaterThan(0);
   });
+
+  it("answers the homeserver's user queries: 200 for this hive's agents and the bot, 404 for others", async () => {
+    const query = (userId: string): Promise<number> =>
+      fetch(`http://127.0.0.1:${slot.port}/_matrix/app/v1/users/${encodeURIComponent(userId)}`, {
+        headers: { Authorization: `Bearer ${slot.hsToken}` },
+      }).then((r) => r.status);
+    expect(await query(userOf(names[1]))).toBe(200);
+    expect(await query(run.service.botUserId)).toBe(200);
+    expect(await query(userOf(`zz${tag}`))).toBe(404);
+    expect(await query(operator.userId)).toBe(404);
+  });
 });
