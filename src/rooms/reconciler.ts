@@ -265,46 +265,68 @@ export class RoomsReconciler {
   }
 
   private async apply(api: RoomApi, roomId: string, changes: Change[], report: ReconcileReport): Promise<void> {
+    // Room state first, in order; then memberships, which are independent of each other, a few at
+    // a time: a hive of hundreds of agents joins in a fraction of the time one by one would take.
+    const isMember = (c: Change): boolean => c.op === "invite" || c.op === "admit";
     let aliasFailed = false;
-    for (const change of changes) {
-      if (change.op === "state" && change.requiresAlias && aliasFailed) {
-        const problem = `${change.message}: skipped, the alias does not point to the room`;
-        report.problems.push(problem);
-        this.log.error({ roomId }, problem);
-        continue;
-      }
-      if (change.op === "alias" && change.from && this.aliasTakenFrom.get(change.alias)?.has(change.from)) {
-        // It was moved back after we took it: another service (a second hive on this homeserver,
-        // an old deployment still running) wants it too. Moving it again would never end.
-        aliasFailed = true;
-        const problem =
-          `${ROOM_LABEL[change.room]}: alias ${change.alias} was moved back to ${change.from} after this service took it; ` +
-          "something else manages it too. Not moving it again: stop the other service, delete the alias, or change rooms.chat.alias";
-        report.problems.push(problem);
-        this.log.error({ roomId }, problem);
-        continue;
-      }
-      try {
-        await this.applyChange(api, roomId, change);
-        if (change.op === "alias" && change.from) {
-          const from = this.aliasTakenFrom.get(change.alias) ?? new Set<string>();
-          this.aliasTakenFrom.set(change.alias, from.add(change.from));
-        }
-      } catch (err) {
-        if (change.op === "alias") aliasFailed = true;
-        const problem =
-          change.op === "alias" && change.from
-            ? `${ROOM_LABEL[change.room]}: alias ${change.alias} points to another room (${change.from}) and the bot cannot move it ` +
-              `(${describeError(err)}); delete the alias or change rooms.chat.alias`
-            : `could not apply "${change.message}": ${describeError(err)}`;
-        report.problems.push(problem);
-        this.log.error({ roomId, ...errorFields(err) }, problem);
-        continue;
-      }
-      report.changes.push(change.message);
-      const drift = change.op === "state" && change.drift;
-      this.log[drift ? "warn" : "info"]({ roomId }, drift ? `drift repaired: ${change.message}` : change.message);
+    for (const change of changes.filter((c) => !isMember(c))) {
+      aliasFailed = await this.applyOne(api, roomId, change, report, aliasFailed);
     }
+    const members = changes.filter(isMember);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < members.length) await this.applyOne(api, roomId, members[next++], report, aliasFailed);
+    };
+    await Promise.all(Array.from({ length: Math.min(this.deps.config.agents.concurrency, members.length) }, worker));
+  }
+
+  /** Applies one change, recording it or its problem in the report; returns whether the alias has failed so far. */
+  private async applyOne(
+    api: RoomApi,
+    roomId: string,
+    change: Change,
+    report: ReconcileReport,
+    aliasFailedBefore: boolean,
+  ): Promise<boolean> {
+    let aliasFailed = aliasFailedBefore;
+    if (change.op === "state" && change.requiresAlias && aliasFailed) {
+      const problem = `${change.message}: skipped, the alias does not point to the room`;
+      report.problems.push(problem);
+      this.log.error({ roomId }, problem);
+      return aliasFailed;
+    }
+    if (change.op === "alias" && change.from && this.aliasTakenFrom.get(change.alias)?.has(change.from)) {
+      // It was moved back after we took it: another service (a second hive on this homeserver,
+      // an old deployment still running) wants it too. Moving it again would never end.
+      aliasFailed = true;
+      const problem =
+        `${ROOM_LABEL[change.room]}: alias ${change.alias} was moved back to ${change.from} after this service took it; ` +
+        "something else manages it too. Not moving it again: stop the other service, delete the alias, or change rooms.chat.alias";
+      report.problems.push(problem);
+      this.log.error({ roomId }, problem);
+      return aliasFailed;
+    }
+    try {
+      await this.applyChange(api, roomId, change);
+      if (change.op === "alias" && change.from) {
+        const from = this.aliasTakenFrom.get(change.alias) ?? new Set<string>();
+        this.aliasTakenFrom.set(change.alias, from.add(change.from));
+      }
+    } catch (err) {
+      if (change.op === "alias") aliasFailed = true;
+      const problem =
+        change.op === "alias" && change.from
+          ? `${ROOM_LABEL[change.room]}: alias ${change.alias} points to another room (${change.from}) and the bot cannot move it ` +
+            `(${describeError(err)}); delete the alias or change rooms.chat.alias`
+          : `could not apply "${change.message}": ${describeError(err)}`;
+      report.problems.push(problem);
+      this.log.error({ roomId, ...errorFields(err) }, problem);
+      return aliasFailed;
+    }
+    report.changes.push(change.message);
+    const drift = change.op === "state" && change.drift;
+    this.log[drift ? "warn" : "info"]({ roomId }, drift ? `drift repaired: ${change.message}` : change.message);
+    return aliasFailed;
   }
 
   private async applyChange(api: RoomApi, roomId: string, change: Change): Promise<void> {
