@@ -220,7 +220,7 @@ export class HiveMatrixService extends EventEmitter {
       });
     }
     await this.events.idle();
-    this.transactions.close();
+    await this.transactions.flushAndClose();
     this.state.unlock();
     this.logger.info("hive-matrix stopped");
     this.logger.flush();
@@ -306,8 +306,8 @@ export class HiveMatrixService extends EventEmitter {
     const app = createAppserviceApp(
       {
         onTransaction: async (txnId, events) => {
-          if (this.transactions.has(txnId)) return "duplicate";
-          const entry = this.transactions.accept(txnId, events);
+          const entry = await this.transactions.accept(txnId, events);
+          if (!entry) return "duplicate";
           this.events.push(entry);
           this.emit("transaction", txnId, events.length);
           return "accepted";
