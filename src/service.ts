@@ -305,8 +305,8 @@ export class HiveMatrixService extends EventEmitter {
   private listen(): Promise<void> {
     const app = createAppserviceApp(
       {
-        onTransaction: async (txnId, events) => {
-          const entry = await this.transactions.accept(txnId, events);
+        onTransaction: async (txnId, events, raw) => {
+          const entry = await this.transactions.accept(txnId, events, raw);
           if (!entry) return "duplicate";
           this.events.push(entry);
           this.emit("transaction", txnId, events.length);

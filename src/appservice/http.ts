@@ -10,8 +10,11 @@ import type { MatrixEvent } from "../store/transactions";
 import { authenticate } from "./auth";
 
 export interface AppserviceHandlers {
-  /** Durably accepts a transaction; resolves "duplicate" when the txnId was seen before. */
-  onTransaction(txnId: string, events: MatrixEvent[]): Promise<"accepted" | "duplicate">;
+  /**
+   * Durably accepts a transaction; resolves "duplicate" when the txnId was seen before. `raw` is
+   * the body as received (UTF-8 JSON), so it can be stored without serialising the events again.
+   */
+  onTransaction(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<"accepted" | "duplicate">;
   /** Whether the user exists or was just created (user query). */
   onUserQuery(userId: string): Promise<boolean>;
   /** Called when the homeserver pings us (POST /ping). */
@@ -78,7 +81,19 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     );
     matrixError(res, result.status, result.errcode, result.error);
   };
-  const json = express.json({ limit: options.maxBodyBytes, type: () => true, strict: false });
+  const json = express.json({
+    limit: options.maxBodyBytes,
+    type: () => true,
+    strict: false,
+    // Kept for the transaction journal (only UTF-8, which is what homeservers send).
+    verify: (req, _res, buf) => {
+      const charset = /charset=([^;]+)/i
+        .exec(String(req.headers["content-type"] ?? ""))?.[1]
+        ?.trim()
+        .toLowerCase();
+      if (!charset || charset === "utf-8" || charset === "utf8") (req as Request & { rawBody?: Buffer }).rawBody = buf;
+    },
+  });
 
   const transaction = (req: Request, res: Response, next: NextFunction): void => {
     const txnId = req.params.txnId;
@@ -88,7 +103,7 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
       return matrixError(res, 400, "M_BAD_JSON", checked.error);
     }
     handlers
-      .onTransaction(txnId, checked.events)
+      .onTransaction(txnId, checked.events, (req as Request & { rawBody?: Buffer }).rawBody)
       .then((result) => {
         options.metrics.transactions.inc({ result });
         res.status(200).json({});

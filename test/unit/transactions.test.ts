@@ -86,4 +86,20 @@ describe("transaction store", () => {
     store.close();
     expect(new TransactionStore(dir).open().map((e) => e.txnId)).toEqual(["old2"]);
   });
+
+  it("stores the body as received (newlines inside included) and replays the same events", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir);
+    store.open();
+    const body = { events: [{ type: "m.room.message", content: { body: "line one\nline two" } }], ephemeral: [] };
+    const raw = Buffer.from(JSON.stringify(body, null, 2), "utf8");
+    expect(raw.includes(10)).toBe(true);
+    await store.accept("r1", body.events, raw);
+    await store.flushAndClose();
+    const lines = readFileSync(join(dir, "transactions.journal"), "utf8").trim().split("\n");
+    expect(lines).toHaveLength(1);
+    const again = new TransactionStore(dir);
+    expect(again.open()).toEqual([{ seq: 1, txnId: "r1", events: body.events }]);
+    again.close();
+  });
 });
