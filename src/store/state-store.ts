@@ -20,7 +20,8 @@ export class StateError extends Error {
 
 const NAME = /^[A-Za-z0-9._-]+$/;
 
-function processAlive(pid: number): boolean {
+/** Whether a process with this PID exists (EPERM: it does, but belongs to someone else). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -32,6 +32,7 @@ import YAML from "yaml";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
 import { buildRegistration, newToken, userNamespaces } from "../../src/registration";
 import { REPO_ROOT, freePort, stopSynapseByPidFile, type RegisteredUser } from "./synapse";
+import { processAlive } from "../../src/store/state-store";
 
 export interface SlotKindSpec {
   /** How many slots of this kind global setup registers. */
@@ -253,7 +254,7 @@ export async function stopOrphanedSynapses(exceptRunDir?: string): Promise<void>
   for (const name of readdirSync(RUNS_ROOT)) {
     const dir = join(RUNS_ROOT, name);
     const owner = Number.parseInt(name.slice(name.lastIndexOf("-") + 1), 10);
-    if (dir === exceptRunDir || !Number.isInteger(owner) || isAlive(owner)) continue;
+    if (dir === exceptRunDir || !Number.isInteger(owner) || processAlive(owner)) continue;
     await stopSynapseByPidFile(join(dir, "synapse"));
   }
 }
@@ -273,15 +274,6 @@ export function e2eEnv(): E2eEnv {
   }
   const synapse = JSON.parse(readFileSync(join(runDir, "synapse.json"), "utf8")) as E2eEnv["synapse"];
   return { runDir, synapse };
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 const held = new Set<string>();
@@ -318,7 +310,7 @@ function tryLock(lockPath: string): boolean {
     } catch {
       continue; // released meanwhile
     }
-    if (!Number.isInteger(owner) || isAlive(owner)) return false;
+    if (!Number.isInteger(owner) || processAlive(owner)) return false;
     try {
       unlinkSync(lockPath);
     } catch {
