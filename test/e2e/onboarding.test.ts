@@ -20,6 +20,7 @@ import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot, type ConfigOverrides } from "../harness/slots";
 import { startRecordedService, type StartedService } from "../support/service";
+import { request } from "../support/operator";
 import { until } from "../support/wait";
 
 const env = e2eEnv();
@@ -38,26 +39,12 @@ function tokenPath(config: Config, name: string): string {
   return join(config.agents.stateRoot, name, "state", "matrix-token");
 }
 
-async function clientApi(
-  token: string,
-  method: string,
-  path: string,
-  body?: unknown,
-): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`${env.synapse.url}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
-}
-
 async function whoami(token: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  return clientApi(token, "GET", "/_matrix/client/v3/account/whoami");
+  return request(token, "GET", "/_matrix/client/v3/account/whoami");
 }
 
 async function deviceIds(token: string): Promise<string[]> {
-  const res = await clientApi(token, "GET", "/_matrix/client/v3/devices");
+  const res = await request(token, "GET", "/_matrix/client/v3/devices");
   expect(res.status).toBe(200);
   return (res.json.devices as { device_id: string }[]).map((d) => d.device_id).sort();
 }

@@ -17,6 +17,7 @@ import { StateStore } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { registerUser, type RegisteredUser } from "../harness/synapse";
 import { startRecordedService, type StartedService } from "../support/service";
+import { request } from "../support/operator";
 
 const env = e2eEnv();
 const DOMAIN = env.synapse.serverName;
@@ -31,19 +32,8 @@ interface StateEvent {
 }
 
 /** The client-server API as a real user, with their own access token. */
-async function asUser(
-  user: RegisteredUser,
-  method: string,
-  path: string,
-  body?: unknown,
-): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`${env.synapse.url}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${user.accessToken}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+function asUser(user: RegisteredUser, method: string, path: string, body?: unknown): ReturnType<typeof request> {
+  return request(user.accessToken, method, path, body);
 }
 
 async function until(check: () => Promise<boolean> | boolean, timeoutMs = 20_000): Promise<void> {

@@ -10,6 +10,22 @@ export interface RoomEvent {
   content: Record<string, unknown>;
 }
 
+/** A client-server request (full path) with a token; any answer is returned with its status. */
+export async function request(
+  token: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${e2eEnv().synapse.url}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
 /** A client-server request with the user's token; a non-2xx answer throws with the body. */
 export async function cs<T>(token: string, method: string, path: string, body?: unknown): Promise<T> {
   const res = await fetch(`${e2eEnv().synapse.url}/_matrix/client/v3${path}`, {
