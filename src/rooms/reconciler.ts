@@ -338,6 +338,16 @@ export class RoomsReconciler {
       case "invite":
         return api.invite(roomId, change.userId);
       case "admit":
+        // hive-chat lets members of the Space in (restricted), and the Space's joins were applied
+        // just before: a direct join saves one membership event per agent. Refused (not in the
+        // Space yet, or a server without restricted joins): invite, then join.
+        if (change.invite && change.room === "chat") {
+          try {
+            return await api.join(roomId, change.userId);
+          } catch (err) {
+            if (!(err instanceof MatrixError && err.statusCode === 403)) throw err;
+          }
+        }
         if (change.invite) await api.invite(roomId, change.userId);
         return api.join(roomId, change.userId);
       case "leave":
