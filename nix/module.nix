@@ -391,7 +391,12 @@ in
           "network.target"
           "container@${hlib.containerName}.service"
         ];
-        environment.NODE_ENV = "production";
+        environment = {
+          NODE_ENV = "production";
+          # A 2 MB young generation instead of V8's default 16 MB semi-spaces: with 1,000 agents the
+          # service stays under 120 MB resident at no measurable cost (docs/performance.md).
+          NODE_OPTIONS = "--max-semi-space-size=2";
+        };
         serviceConfig = {
           ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
           Restart = "on-failure";
