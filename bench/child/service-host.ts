@@ -1,0 +1,162 @@
+/**
+ * A hive-matrix service in its own process, driven by the bench over IPC (see bench/lib/protocol.ts),
+ * so that the load generator and the bench's own memory do not share its event loop or its heap.
+ * Run as plain JavaScript with `node --expose-gc` (see bench/lib/build.ts).
+ */
+import { createWriteStream, readFileSync } from "node:fs";
+import { parseConfig } from "../../src/config/load";
+import { createLogger } from "../../src/logging";
+import { loadRegistration } from "../../src/registration";
+import { desiredRoom } from "../../src/rooms/desired";
+import { ROOM_KEYS, type ReconcileReport } from "../../src/rooms/types";
+import { HiveMatrixService } from "../../src/service";
+import { sampleMemory as memory } from "../lib/memory-sample";
+import type { AgentWait, HostEnvelope, HostMessage, HostReplies, HostRequest, RequestSnapshot } from "../lib/protocol";
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+function send(message: HostMessage): void {
+  process.send?.(message);
+}
+
+async function snapshot(service: HiveMatrixService): Promise<RequestSnapshot> {
+  const requests = await service.metrics.homeserverRequests.get();
+  const writes = await service.metrics.homeserverWrites.get();
+  const latency = await service.metrics.homeserverLatency.get();
+  const strip = (labels: Record<string, string | number | undefined>): Record<string, string> =>
+    Object.fromEntries(
+      Object.entries(labels)
+        .filter(([k, v]) => v !== undefined && k !== "le")
+        .map(([k, v]) => [k, String(v)]),
+    );
+  return {
+    requests: requests.values.map((v) => ({ labels: strip(v.labels), value: v.value })),
+    writes: writes.values.map((v) => ({ labels: strip(v.labels), value: v.value })),
+    latencySum: latency.values.filter((v) => v.metricName?.endsWith("_sum")).map((v) => ({ labels: strip(v.labels), value: v.value })),
+    latencyCount: latency.values.filter((v) => v.metricName?.endsWith("_count")).map((v) => ({ labels: strip(v.labels), value: v.value })),
+    reconcileRuns: service.roomsLoop.runs,
+  };
+}
+
+/** What re-applying the whole desired state without reading the rooms first would write. */
+function blindWrites(service: HiveMatrixService, report: ReconcileReport): number {
+  if (!report.spaceId || !report.chatId) return 0;
+  const inputs = { botUserId: service.botUserId, members: service.agents.membership(), spaceId: report.spaceId, chatId: report.chatId };
+  let writes = 0;
+  for (const key of ROOM_KEYS) {
+    const room = desiredRoom(key, service.config, inputs);
+    writes += room.state.length + (room.alias ? 1 : 0) + room.members.agents.length * 2 + room.members.operators.length;
+  }
+  return writes;
+}
+
+async function waitAgents(service: HiveMatrixService, request: Extract<HostRequest, { op: "waitAgents" }>): Promise<AgentWait> {
+  const deadline = Date.now() + request.timeoutMs;
+  const goal = request.until === "joined" ? ["joined"] : ["token_written", "joined"];
+  for (;;) {
+    const states: Record<string, number> = {};
+    const reasons: string[] = [];
+    let done = 0;
+    let failed = 0;
+    for (const name of request.names) {
+      const record = service.agents.records.get(name);
+      const state = record?.state ?? "unknown";
+      states[state] = (states[state] ?? 0) + 1;
+      if (goal.includes(state)) done++;
+      if (state === "failed") {
+        failed++;
+        if (reasons.length < 5 && record?.reason) reasons.push(`${name}: ${record.reason}`);
+      }
+    }
+    const settled = done === request.names.length || (done + failed === request.names.length && failed > 0);
+    const timedOut = Date.now() > deadline;
+    if (settled || timedOut) {
+      if (settled && !timedOut) await service.agents.idle();
+      return { states, done, failed, reasons, timedOut: timedOut && !settled };
+    }
+    await sleep(10);
+  }
+}
+
+async function answer(service: HiveMatrixService, request: HostRequest): Promise<HostReplies[HostRequest["op"]]> {
+  switch (request.op) {
+    case "rescan":
+      service.agents.rescan();
+      return { ok: true };
+    case "waitAgents":
+      return waitAgents(service, request);
+    case "requests":
+      return snapshot(service);
+    case "memory":
+      return memory();
+    case "reconcile": {
+      const started = process.hrtime.bigint();
+      // Through the service's loop, as `!hive sync` does: runs are serialised and the agents learn what was applied.
+      const report = await service.roomsLoop.trigger(request.reason);
+      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      if (!report) throw new Error("the reconcile did not run (the loop is stopping)");
+      return {
+        changes: report.changes,
+        problems: report.problems,
+        writes: report.writes,
+        durationMs,
+        blindWrites: blindWrites(service, report),
+      };
+    }
+    case "controlRoom": {
+      const deadline = Date.now() + request.timeoutMs;
+      for (;;) {
+        const roomId = service.control.roomId;
+        if (roomId) return { roomId };
+        if (Date.now() > deadline) throw new Error(`the control room was not set up within ${request.timeoutMs} ms`);
+        await sleep(50);
+      }
+    }
+    case "describe": {
+      const counts = await service.metrics.transactions.get();
+      return { text: counts.values.map((v) => `${v.value} ${String(v.labels.result)}`).join(", ") || "no transactions" };
+    }
+    case "drain": {
+      const started = process.hrtime.bigint();
+      const queued = (await service.metrics.eventQueue.get()).values[0]?.value ?? 0;
+      await service.events.idle();
+      return { queued, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+    }
+    case "stop":
+      await service.stop();
+      return { ok: true };
+  }
+}
+
+async function main(): Promise<void> {
+  const init = JSON.parse(process.argv[2] ?? "{}") as { configPath?: string; logFile?: string };
+  if (!init.configPath || !init.logFile) throw new Error('usage: service-host.js \'{"configPath": ..., "logFile": ...}\'');
+  const config = parseConfig(JSON.parse(readFileSync(init.configPath, "utf8")), init.configPath);
+  const registration = loadRegistration(config.appservice.registration);
+  const { logger, scrubber } = createLogger({ level: config.logging.level, destination: createWriteStream(init.logFile, { flags: "a" }) });
+  const service = new HiveMatrixService({ config, registration, logger, scrubber });
+  let stopping = false;
+  process.on("message", (raw: HostEnvelope) => {
+    if (raw.request.op === "stop") stopping = true;
+    answer(service, raw.request).then(
+      (value) => {
+        send({ kind: "answer", id: raw.id, ok: true, value });
+        if (raw.request.op === "stop") setTimeout(() => process.exit(0), 100);
+      },
+      (err: unknown) => send({ kind: "answer", id: raw.id, ok: false, error: err instanceof Error ? err.message : String(err) }),
+    );
+  });
+  // The bench went away: stop cleanly rather than linger.
+  process.on("disconnect", () => {
+    if (stopping) return;
+    void service.stop().finally(() => process.exit(0));
+  });
+  const started = process.hrtime.bigint();
+  await service.start();
+  send({ kind: "ready", startupMs: Number(process.hrtime.bigint() - started) / 1e6, memory: await memory() });
+}
+
+main().catch((err: unknown) => {
+  send({ kind: "fatal", error: err instanceof Error ? err.message : String(err) });
+  setTimeout(() => process.exit(1), 100);
+});

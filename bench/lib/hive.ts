@@ -1,0 +1,109 @@
+/**
+ * The hive-matrix instances a run uses. Synapse reads appservice registrations only at start, so
+ * every instance a run will need gets its registration (own namespace, own port, own state) before
+ * Synapse starts; the service itself starts later, in a child process, when a scenario asks.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseConfig } from "../../src/config/load";
+import type { Config, ConfigInput } from "../../src/config/schema";
+import { writeRegistration, type Registration } from "../../src/registration";
+import { freePort } from "../../test/harness/synapse";
+import { ChildHost } from "./host";
+
+export type HiveKind = "main" | "ingest" | "memory" | "memory-defaults";
+
+interface HiveIdentity {
+  id: string;
+  botLocalpart: string;
+  /** Agent localpart template; the namespaces of the kinds must not overlap. */
+  template: string;
+  /** hive-chat's alias localpart: rooms of different instances must not compete for one alias. */
+  alias: string;
+}
+
+const IDENTITIES: Record<HiveKind, HiveIdentity> = {
+  main: { id: "hm-main", botLocalpart: "hive", template: "agent-{name}", alias: "hive-chat" },
+  ingest: { id: "hm-ingest", botLocalpart: "hive-ingest", template: "ingest-{name}", alias: "hive-chat-ingest" },
+  memory: { id: "hm-memory", botLocalpart: "hive-memory", template: "mem-{name}", alias: "hive-chat-memory" },
+  "memory-defaults": { id: "hm-memory-defaults", botLocalpart: "hive-memdef", template: "memd-{name}", alias: "hive-chat-memdef" },
+};
+
+export interface HiveSpec {
+  kind: HiveKind;
+  dir: string;
+  configPath: string;
+  config: Config;
+  registration: Registration;
+  /** Where agents' state dirs go. */
+  stateRoot: string;
+}
+
+/** Writes config and registration of one instance (nothing runs yet). */
+export async function prepareHive(
+  kind: HiveKind,
+  runDir: string,
+  homeserver: { url: string; serverName: string },
+  operators: string[],
+): Promise<HiveSpec> {
+  const identity = IDENTITIES[kind];
+  const dir = join(runDir, "hives", kind);
+  const stateRoot = join(dir, "agents");
+  mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
+  const port = await freePort();
+  const raw: ConfigInput = {
+    homeserver: { url: homeserver.url, domain: homeserver.serverName, startupWaitSeconds: 120 },
+    appservice: {
+      id: identity.id,
+      bind: "127.0.0.1",
+      port,
+      url: `http://127.0.0.1:${port}`,
+      registration: join(dir, "registration.yaml"),
+      botLocalpart: identity.botLocalpart,
+    },
+    stateDir: join(dir, "state"),
+    operators,
+    agents: { stateRoot, localpart: identity.template, restartCommand: ["true"] },
+    // The bench triggers reconciles itself; a periodic one must not land inside a measurement.
+    rooms: { chat: { alias: identity.alias }, reconcileIntervalSeconds: 0 },
+    logging: { level: "info" },
+  };
+  const configPath = join(dir, "config.json");
+  writeFileSync(configPath, `${JSON.stringify(raw, null, 2)}\n`, { mode: 0o600 });
+  const config = parseConfig(raw, configPath);
+  const { registration } = writeRegistration(config, config.appservice.registration);
+  return { kind, dir, configPath, config, registration, stateRoot };
+}
+
+export class RunningHive {
+  constructor(
+    readonly spec: HiveSpec,
+    readonly host: ChildHost,
+  ) {}
+
+  get url(): string {
+    return this.spec.config.appservice.url;
+  }
+
+  /** Creates `<stateRoot>/<name>/state/` for each name: that is what makes an agent exist. */
+  makeAgentDirs(names: readonly string[]): void {
+    for (const name of names) mkdirSync(join(this.spec.stateRoot, name, "state"), { recursive: true });
+  }
+
+  stop(): Promise<void> {
+    return this.host.stop();
+  }
+}
+
+/** Starts the service of `spec` in a child process and waits until it is ready. */
+export async function startHive(spec: HiveSpec, serviceHostScript: string, nodeArgs: string[] = []): Promise<RunningHive> {
+  const host = await ChildHost.spawn({
+    nodeArgs,
+    name: `hive-matrix (${spec.kind})`,
+    script: serviceHostScript,
+    args: [JSON.stringify({ configPath: spec.configPath, logFile: join(spec.dir, "service.log") })],
+    logFile: join(spec.dir, "child.log"),
+    readyTimeoutMs: 180_000,
+  });
+  return new RunningHive(spec, host);
+}

@@ -1,0 +1,107 @@
+/**
+ * Onboarding agents into a running hive-matrix: create their state dirs, nudge a rescan (the
+ * file-system watch would notice too, after its debounce), and wait until every agent has its
+ * token file, then until every agent has joined both rooms. Also the shared main instance that
+ * later scenarios (reconcile, command) reuse.
+ */
+import type { BenchContext, OnboardedHive } from "./context";
+import type { RunningHive } from "./hive";
+import type { AgentGoal, AgentWait, RequestSnapshot } from "./protocol";
+import { cpuMs } from "./proc";
+import { diffRequests, type RequestDiff } from "./requests";
+import { elapsedMs, now } from "./stats";
+
+export interface Phase {
+  /** Wall time from the start of onboarding to the end of the phase. */
+  endMs: number;
+  requests: RequestDiff;
+  cpuMs: { service: number; synapse: number };
+}
+
+export interface OnboardMeasurement {
+  agents: number;
+  /** Until every agent had its token file. */
+  tokens: Phase;
+  /** From then until every agent had joined both rooms. */
+  rooms: Phase;
+  wait: AgentWait;
+  /** The whole onboarding. */
+  requests: RequestDiff;
+  tokenMs: number;
+  joinedMs: number;
+}
+
+interface Snapshot {
+  requests: RequestSnapshot;
+  service: number;
+  synapse: number;
+}
+
+export function waitTimeoutMs(agents: number): number {
+  return 120_000 + agents * 2_000;
+}
+
+/**
+ * Waits until the rooms are in place (the service's startup reconcile creates them in the
+ * background), so that the onboarding clock measures agents, not room creation.
+ */
+export async function settle(hive: RunningHive): Promise<void> {
+  await hive.host.call({ op: "reconcile", reason: "bench: rooms in place before the clock" });
+}
+
+export async function onboardAgents(hive: RunningHive, names: string[], synapsePid: number | undefined): Promise<OnboardMeasurement> {
+  await settle(hive);
+  const snapshot = async (): Promise<Snapshot> => ({
+    requests: await hive.host.call({ op: "requests" }),
+    service: cpuMs(hive.host.pid),
+    synapse: cpuMs(synapsePid),
+  });
+  const phase = (from: Snapshot, to: Snapshot, endMs: number): Phase => ({
+    endMs,
+    requests: diffRequests(from.requests, to.requests),
+    cpuMs: { service: to.service - from.service, synapse: to.synapse - from.synapse },
+  });
+
+  const s0 = await snapshot();
+  const started = now();
+  hive.makeAgentDirs(names);
+  await hive.host.call({ op: "rescan" });
+  const timeoutMs = waitTimeoutMs(names.length);
+  const waitFor = async (until: AgentGoal): Promise<AgentWait> => {
+    const wait = await hive.host.call({ op: "waitAgents", names, until, timeoutMs }, timeoutMs + 10_000);
+    if (wait.timedOut || wait.failed > 0) {
+      throw new Error(
+        `onboarding ${names.length} agents did not reach ${until}: ${JSON.stringify(wait.states)}` +
+          `${wait.reasons.length ? `; e.g. ${wait.reasons.join("; ")}` : ""}`,
+      );
+    }
+    return wait;
+  };
+  await waitFor("token_written");
+  const tokenMs = elapsedMs(started);
+  const s1 = await snapshot();
+  const wait = await waitFor("joined");
+  const joinedMs = elapsedMs(started);
+  const s2 = await snapshot();
+  return {
+    agents: names.length,
+    tokens: phase(s0, s1, tokenMs),
+    rooms: phase(s1, s2, joinedMs),
+    wait,
+    requests: diffRequests(s0.requests, s2.requests),
+    tokenMs,
+    joinedMs,
+  };
+}
+
+/** The main instance with `count` agents onboarded: the one the onboarding scenario left, or a new one. */
+export async function mainHive(ctx: BenchContext, count: number): Promise<OnboardedHive> {
+  if (ctx.mainHive) return ctx.mainHive;
+  ctx.log(`starting hive-matrix (main) and onboarding ${count} agents`);
+  const hive = await ctx.startHive("main");
+  ctx.mainHive = { hive, agents: [] };
+  const names = ctx.names("a", count);
+  await onboardAgents(hive, names, ctx.synapse.synapse.pid);
+  ctx.mainHive = { hive, agents: names };
+  return ctx.mainHive;
+}
