@@ -91,6 +91,8 @@ export class ServiceHiveApi implements HiveApi {
   async sync(progress?: ProgressSink): Promise<SyncReport> {
     progress?.("rescanning agents…");
     this.deps.agents.rescan();
+    const retried = this.deps.agents.retryFailed();
+    if (retried.length > 0) progress?.(`retrying ${retried.length} failed agent(s): ${retried.join(", ")}`);
     await this.deps.agents.idle();
     progress?.("reconciling the Space and hive-chat…");
     const report = await this.deps.loop.trigger("sync command");

@@ -169,6 +169,17 @@ export class AgentManager extends EventEmitter {
     for (const name of before) if (!after.has(name)) this.enqueue(name);
   }
 
+  /** Queues every desired agent that is `failed` again (e.g. after a registration refresh); returns their names. */
+  retryFailed(): string[] {
+    const desired = new Set(this.desiredNames());
+    const failed = this.records
+      .entries()
+      .filter(([name, record]) => record.state === "failed" && desired.has(name))
+      .map(([name]) => name);
+    for (const name of failed) void this.enqueue(name);
+    return failed;
+  }
+
   /** Provisions an agent by operator command; it then persists even without a state dir. */
   async add(name: string): Promise<AgentRecord> {
     this.validateName(name);

@@ -258,6 +258,11 @@ describe("adopting agents of the older flow under the {name} template", () => {
       expect(run.service.agents.records.get(newcomer)).toMatchObject({ state: "failed" });
       expect(run.service.agents.records.get(newcomer)?.reason).toMatch(/registration refresh needed/);
       expect(existsSync(tokenPath(config, newcomer))).toBe(false);
+      // `!hive sync` retries failed agents; without a registration refresh it fails the same way, writing nothing.
+      expect(run.service.agents.retryFailed()).toEqual([newcomer]);
+      await run.service.agents.idle();
+      expect(run.service.agents.records.get(newcomer)?.reason).toMatch(/registration refresh needed/);
+      expect(existsSync(tokenPath(config, newcomer))).toBe(false);
     } finally {
       await run?.service.stop();
       slot.release();
