@@ -153,7 +153,7 @@ export class AgentManager extends EventEmitter {
     for (const [name, record] of this.records.entries()) {
       if (this.running.has(name)) continue;
       if (joined.has(record.userId) && (record.state === "token_written" || record.state === "registered")) {
-        this.setState(name, { userId: record.userId, state: "joined" });
+        this.records.set(name, { userId: record.userId, state: "joined" });
       }
       if (left.has(record.userId) && record.leaving) this.records.set(name, { userId: record.userId, leaving: false });
     }
@@ -320,7 +320,7 @@ export class AgentManager extends EventEmitter {
   private fail(name: string, err: unknown): void {
     const transient = isTransient(err);
     const reason = err instanceof Error ? err.message : String(err);
-    this.setState(name, { userId: this.userId(name), state: "failed", reason });
+    this.records.set(name, { userId: this.userId(name), state: "failed", reason });
     this.emit("failed", name, reason);
     if (!transient || this.stopped) {
       this.log.error({ agent: name, ...errorFields(err) }, `agent ${name} could not be provisioned: ${reason}`);
@@ -338,9 +338,6 @@ export class AgentManager extends EventEmitter {
     this.retryTimers.set(name, timer);
   }
 
-  private setState(name: string, patch: Partial<AgentRecord> & { userId: string; state: AgentState }): void {
-    this.records.set(name, patch);
-  }
 
   private updateGauge(): void {
     const counts = this.records.countsByState();

@@ -100,9 +100,8 @@ export class TransactionStore {
   private queued: (string | Buffer)[] = [];
   private waiters: Waiter[] = [];
   private flushing: Promise<void> | undefined;
-  /** Disk flushes made, and transactions they carried (group commit at work). */
+  /** Disk writes made: fewer than transactions when group commit is at work. */
   flushes = 0;
-  accepted = 0;
 
   constructor(
     private readonly dir: string,
@@ -153,7 +152,6 @@ export class TransactionStore {
     }
     this.remember(txnId);
     this.unhandled.set(entry.seq, entry);
-    this.accepted++;
     return entry;
   }
 
