@@ -6,12 +6,7 @@
  * writes none per transaction either.
  */
 import { Appservice, LogLevel, LogService, MemoryStorageProvider } from "matrix-bot-sdk";
-import { sampleMemory as memory } from "../lib/memory-sample";
-import type { HostEnvelope, HostMessage } from "../lib/protocol";
-
-function send(message: HostMessage): void {
-  process.send?.(message);
-}
+import { runChild, serveSimpleTarget } from "../lib/child";
 
 interface BaselineInit {
   port: number;
@@ -23,6 +18,7 @@ interface BaselineInit {
 function main(): void {
   const init = JSON.parse(process.argv[2] ?? "{}") as Partial<BaselineInit>;
   if (!init.port || !init.hsToken || !init.asToken || !init.serverName) throw new Error("usage: baseline-appservice.js '<json init>'");
+  const port = init.port;
   LogService.setLevel(LogLevel.WARN);
   const appservice = new Appservice({
     port: init.port,
@@ -44,26 +40,12 @@ function main(): void {
   appservice.on("room.event", () => {
     events++;
   });
-  const started = process.hrtime.bigint();
-  const server = appservice.expressAppInstance.listen(init.port, "127.0.0.1", () => {
-    void memory().then((m) => send({ kind: "ready", startupMs: Number(process.hrtime.bigint() - started) / 1e6, memory: m }));
+  serveSimpleTarget({
+    name: "baseline appservice",
+    listen: (onListening) => appservice.expressAppInstance.listen(port, "127.0.0.1", onListening),
+    describe: () => `${events} events handled`,
+    memory: true,
   });
-  process.on("message", (raw: HostEnvelope) => {
-    const { id, request } = raw;
-    if (request.op === "memory") void memory().then((value) => send({ kind: "answer", id, ok: true, value }));
-    else if (request.op === "describe") send({ kind: "answer", id, ok: true, value: { text: `${events} events handled` } });
-    else if (request.op === "stop") {
-      server.close();
-      send({ kind: "answer", id, ok: true, value: { ok: true } });
-      setTimeout(() => process.exit(0), 100);
-    } else send({ kind: "answer", id, ok: false, error: `the baseline appservice does not do ${request.op}` });
-  });
-  process.on("disconnect", () => process.exit(0));
 }
 
-try {
-  main();
-} catch (err) {
-  send({ kind: "fatal", error: err instanceof Error ? err.message : String(err) });
-  setTimeout(() => process.exit(1), 100);
-}
+runChild(main);

@@ -11,13 +11,10 @@ import { desiredRoom } from "../../src/rooms/desired";
 import { ROOM_KEYS, type ReconcileReport } from "../../src/rooms/types";
 import { HiveMatrixService } from "../../src/service";
 import { sampleMemory as memory } from "../lib/memory-sample";
-import type { AgentWait, HostEnvelope, HostMessage, HostReplies, HostRequest, RequestSnapshot } from "../lib/protocol";
+import { runChild, send } from "../lib/child";
+import type { AgentWait, HostEnvelope, HostReplies, HostRequest, RequestSnapshot } from "../lib/protocol";
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-function send(message: HostMessage): void {
-  process.send?.(message);
-}
 
 async function snapshot(service: HiveMatrixService): Promise<RequestSnapshot> {
   const requests = await service.metrics.homeserverRequests.get();
@@ -156,7 +153,4 @@ async function main(): Promise<void> {
   send({ kind: "ready", startupMs: Number(process.hrtime.bigint() - started) / 1e6, memory: await memory() });
 }
 
-main().catch((err: unknown) => {
-  send({ kind: "fatal", error: err instanceof Error ? err.message : String(err) });
-  setTimeout(() => process.exit(1), 100);
-});
+runChild(main);
