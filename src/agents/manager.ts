@@ -124,14 +124,21 @@ export class AgentManager extends EventEmitter {
     return this.records.entries().some(([, r]) => r.userId === userId);
   }
 
+  /** Whether the agent should be provisioned: on disk, configured or added by command, and not removed by command. */
+  isDesired(name: string): boolean {
+    const record = this.records.get(name);
+    if (record?.disabled) return false;
+    if (this.discovered.has(name) || record?.source === "command") return true;
+    return this.deps.config.agents.names.includes(name) && !agentNameProblem(name, this.deps.config.agents.maxNameLength);
+  }
+
   desiredNames(): string[] {
-    const names = new Set<string>(this.discovered);
-    for (const name of this.deps.config.agents.names) if (!agentNameProblem(name, this.deps.config.agents.maxNameLength)) names.add(name);
-    for (const [name, record] of this.records.entries()) {
-      if (record.source === "command") names.add(name);
-      if (record.disabled) names.delete(name);
-    }
-    return [...names].sort();
+    const candidates = new Set<string>([
+      ...this.discovered,
+      ...this.deps.config.agents.names,
+      ...this.records.entries().map(([name]) => name),
+    ]);
+    return [...candidates].filter((name) => this.isDesired(name)).sort();
   }
 
   /** Who must be in the hive rooms and who must leave them, for the rooms reconciler. */
@@ -203,7 +210,7 @@ export class AgentManager extends EventEmitter {
   /** New token on the same device; the old one stops working; the daemon is restarted. */
   async rotate(name: string): Promise<AgentRecord> {
     this.validateName(name);
-    if (!this.desiredNames().includes(name)) throw new AgentError(`there is no active agent named ${name}`);
+    if (!this.isDesired(name)) throw new AgentError(`there is no active agent named ${name}`);
     return this.required(await this.enqueue(name, { force: true }), name);
   }
 
@@ -338,14 +345,13 @@ export class AgentManager extends EventEmitter {
     this.retryTimers.set(name, timer);
   }
 
-
   private updateGauge(): void {
     const counts = this.records.countsByState();
     for (const [state, n] of Object.entries(counts)) this.deps.metrics.agents.set({ state }, n);
   }
 
   private async converge(name: string, force: boolean): Promise<Outcome> {
-    if (this.desiredNames().includes(name)) return this.provision(name, force);
+    if (this.isDesired(name)) return this.provision(name, force);
     const record = this.records.get(name);
     if (!record || (record.state === "removed" && !force)) return "skipped";
     return this.deprovision(name, record);
