@@ -8,7 +8,7 @@
  */
 import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { REPO_ROOT } from "../test/harness/synapse";
+import { REPO_ROOT } from "../dev/synapse";
 import { buildChildren } from "./lib/build";
 import { summarizeProfiles } from "./lib/cpuprofile";
 import { BenchContext, SCENARIO_NAMES, type BenchOptions, type Scenario, type ScenarioName } from "./lib/context";

@@ -8,7 +8,7 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import ts from "typescript";
-import { REPO_ROOT } from "../../test/harness/synapse";
+import { REPO_ROOT } from "../../dev/synapse";
 
 function resolveLocal(fromFile: string, specifier: string): string | undefined {
   const base = resolve(dirname(fromFile), specifier);

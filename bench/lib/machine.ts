@@ -2,7 +2,7 @@
 import { execFile } from "node:child_process";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
-import { venvDir } from "../../test/harness/synapse";
+import { venvDir } from "../../dev/synapse";
 
 export interface MachineInfo {
   cpuModel: string;

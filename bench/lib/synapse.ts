@@ -4,7 +4,7 @@
  * with a registration token so the older onboarding flow can be measured against the same server.
  */
 import { join } from "node:path";
-import { freePort, registerUser, startSynapse, type RegisteredUser, type RunningSynapse } from "../../test/harness/synapse";
+import { freePort, registerUser, startSynapse, type RegisteredUser, type RunningSynapse } from "../../dev/synapse";
 import { prepareHive, type HiveKind, type HiveSpec } from "./hive";
 import { BenchUser, callOk } from "./matrix";
 

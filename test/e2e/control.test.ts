@@ -13,7 +13,7 @@ import { ensureRegistered } from "../../src/matrix/users";
 import { loadRegistration, type Registration } from "../../src/registration";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../harness/synapse";
+import { registerUser, type RegisteredUser } from "../../dev/synapse";
 import { RecordingApi } from "../support/control";
 import { cs, say, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";

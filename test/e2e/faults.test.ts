@@ -10,7 +10,7 @@ import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { StateError } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { attachSynapse, freePort } from "../harness/synapse";
+import { attachSynapse, freePort } from "../../dev/synapse";
 import { TcpProxy } from "../support/proxy";
 import { startRecordedService, type StartedService } from "../support/service";
 import { until } from "../support/wait";

@@ -5,7 +5,7 @@
 import { loadRegistration } from "../../src/registration";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser } from "../harness/synapse";
+import { registerUser } from "../../dev/synapse";
 import { startRecordedService, type StartedService } from "../support/service";
 
 async function startOn(slot: AcquiredSlot): Promise<StartedService> {

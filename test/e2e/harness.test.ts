@@ -7,7 +7,7 @@ import { readFileSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import YAML from "yaml";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot, type Slot } from "../harness/slots";
-import { SynapseHttpError, registerUser } from "../harness/synapse";
+import { SynapseHttpError, registerUser } from "../../dev/synapse";
 
 interface MxResponse {
   status: number;

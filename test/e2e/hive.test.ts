@@ -11,7 +11,7 @@ import { leaves } from "../../src/control/table";
 import { HiveMatrixClient } from "../../src/matrix/client";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../harness/synapse";
+import { registerUser, type RegisteredUser } from "../../dev/synapse";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";

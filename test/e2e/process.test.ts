@@ -9,7 +9,7 @@ import { z } from "zod";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { spawnService, waitReady } from "../support/child";
-import { registerUser } from "../harness/synapse";
+import { registerUser } from "../../dev/synapse";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually, until } from "../support/wait";

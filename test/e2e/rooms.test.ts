@@ -15,7 +15,7 @@ import { RoomsReconciler, type RoomsDeps } from "../../src/rooms/reconciler";
 import type { DesiredMembers, ReconcileReport } from "../../src/rooms/types";
 import { StateStore } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../harness/synapse";
+import { registerUser, type RegisteredUser } from "../../dev/synapse";
 import { startRecordedService, type StartedService } from "../support/service";
 import { request } from "../support/operator";
 

@@ -5,7 +5,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CURRENT_RUN_FILE, RUNS_ROOT, RUN_DIR_ENV, SLOT_KINDS, buildSlots, saveSlot, stopOrphanedSynapses, type E2eEnv } from "./slots";
-import { DEFAULT_SERVER_NAME, freePort, registerUser, startSynapse } from "./synapse";
+import { DEFAULT_SERVER_NAME, freePort, registerUser, startSynapse } from "../../dev/synapse";
 
 export default async function globalSetup(): Promise<void> {
   const t0 = Date.now();

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { CURRENT_RUN_FILE, RUNS_ROOT, RUN_DIR_ENV } from "./slots";
-import { stopSynapseByPidFile } from "./synapse";
+import { stopSynapseByPidFile } from "../../dev/synapse";
 
 const KEEP_RUNS = 3;
 

@@ -31,7 +31,7 @@ import { join } from "node:path";
 import YAML from "yaml";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
 import { buildRegistration, newToken, userNamespaces } from "../../src/registration";
-import { REPO_ROOT, freePort, stopSynapseByPidFile, type RegisteredUser } from "./synapse";
+import { REPO_ROOT, freePort, stopSynapseByPidFile, type RegisteredUser } from "../../dev/synapse";
 import { processAlive } from "../../src/store/state-store";
 
 export interface SlotKindSpec {

@@ -7,7 +7,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
 import type { Config } from "../../src/config/schema";
-import { REPO_ROOT } from "../harness/synapse";
+import { REPO_ROOT } from "../../dev/synapse";
 
 export interface ServiceProcess {
   proc: ChildProcess;

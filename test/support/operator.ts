@@ -1,6 +1,6 @@
 /** A real Matrix user talking to the run's Synapse through the client-server API, as an operator's client would. */
 import { e2eEnv } from "../harness/slots";
-import type { RegisteredUser } from "../harness/synapse";
+import type { RegisteredUser } from "../../dev/synapse";
 
 export interface RoomEvent {
   type: string;

@@ -7,11 +7,11 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { parseConfig } from "./config/load";
-import { createLogger } from "./logging";
-import { writeRegistration } from "./registration";
-import { HiveMatrixService } from "./service";
-import { freePort, registerUser, startSynapse, SynapseHttpError } from "../test/harness/synapse";
+import { parseConfig } from "../src/config/load";
+import { createLogger } from "../src/logging";
+import { writeRegistration } from "../src/registration";
+import { HiveMatrixService } from "../src/service";
+import { freePort, registerUser, startSynapse, SynapseHttpError } from "./synapse";
 
 const ROOT = resolve(__dirname, "..");
 const DEV = join(ROOT, ".dev");

@@ -1,5 +1,5 @@
 /**
- * A real Synapse for end-to-end tests: installed into a local virtualenv by
+ * A real Synapse for the dev hive (`npm run dev`), the e2e tests and the benchmarks: installed into a local virtualenv by
  * `scripts/synapse-install.sh`, configured in a scratch directory (sqlite, one client listener on
  * 127.0.0.1, every rate limit off) and run as a detached process whose PID is kept in
  * `<baseDir>/synapse.pid`, so that any process of the test run can stop or restart it.
@@ -11,7 +11,7 @@ import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
 
-export const REPO_ROOT = resolve(__dirname, "../..");
+export const REPO_ROOT = resolve(__dirname, "..");
 export const INSTALL_SCRIPT = join(REPO_ROOT, "scripts", "synapse-install.sh");
 export const DEFAULT_SERVER_NAME = "hive.test";
 const STARTUP_TIMEOUT_MS = 90_000;
