@@ -191,7 +191,8 @@ async function runService(configPath: string): Promise<number> {
   const registration = loadRegistration(config.appservice.registration);
   checkRegistrationMatches(config, registration);
   const { logger, scrubber } = createLogger({ level: config.logging.level, pretty: config.logging.pretty });
-  // Imported late so that `--help` and `check-config` do not load the SDK.
+  // Imported late so that `--help` and `check-config` do not load the SDK; the crypto stub first.
+  await import("./crypto-stub");
   const { HiveMatrixService } = await import("./service");
   const service = new HiveMatrixService({ config, registration, logger, scrubber });
   let stopping = false;
