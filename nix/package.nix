@@ -15,6 +15,9 @@
 let
   root = ../.;
   package = lib.importJSON ../package.json;
+  packageFiles = lib.filter (line: line != "" && !lib.hasPrefix "#" line) (
+    lib.splitString "\n" (lib.fileContents ./package-files.txt)
+  );
   packageLock = (import ./npm-lock.nix).fixLock {
     inherit package;
     packageLock = lib.importJSON ../package-lock.json;
@@ -24,20 +27,11 @@ buildNpmPackage {
   pname = package.name;
   inherit (package) version;
 
-  # Only what the build reads, so that editing docs or tests does not rebuild the package.
+  # Only what the build reads (nix/package-files.txt, shared with CI), so that editing docs or
+  # tests does not rebuild the package.
   src = lib.fileset.toSource {
     inherit root;
-    fileset = lib.fileset.unions [
-      ../package.json
-      ../package-lock.json
-      ../tsconfig.json
-      ../tsconfig.build.json
-      ../bin
-      ../src
-      ../stubs
-      ../config.sample.yaml
-      ../registration.yaml
-    ];
+    fileset = lib.fileset.unions (map (path: root + "/${path}") packageFiles);
   };
 
   # matrix-bot-sdk declares node >= 22.
