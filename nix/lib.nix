@@ -313,6 +313,79 @@ let
     (if cfg.registrationTokenFile != null then [ cfg.registrationTokenFile ] else [ ])
     ++ (if cfg.appservice.enable then [ (dirOf cfg.appservice.registration) ] else [ ]);
 
+  # --- least privilege (docs/nixos.md, "Hardening") ---------------------------------------------
+
+  # hive-matrix runs as this user and group; it owns its state dir and reads the registration
+  # through the group.
+  serviceUser = "hive-matrix";
+
+  # Longest agent name, as hive-matrix checks it (agents.maxNameLength, default 9).
+  maxNameLength = input: (withDefaults input).appservice.settings.agents.maxNameLength or 9;
+
+  # POSIX ACL entries, as systemd-tmpfiles lines, that let the service user list the agents'
+  # root, pass through each agent dir and write (only) into each agent's `state/`. tmpfiles
+  # expands the globs at boot, at every activation and when the root changes (the
+  # hive-matrix-agent-access path unit), and never follows a symlink when it sets an ACL.
+  agentAccessRules =
+    input:
+    let
+      root = (withDefaults input).appservice.agentStateRoot;
+    in
+    [
+      "a+ ${root} - - - - u:${serviceUser}:r-x"
+      "a+ ${root}/* - - - - u:${serviceUser}:--x"
+      "a+ ${root}/*/state - - - - u:${serviceUser}:rwx"
+    ];
+
+  # The units the default restart command (`systemctl restart <unit with {name}>`) restarts, as
+  # an anchored regular expression over full unit names (with `.service`), for the polkit rule.
+  # null when restartCommand is anything else: then no rule is installed (docs/nixos.md).
+  restartUnitRegex =
+    input:
+    let
+      cfg = withDefaults input;
+      argv = cfg.appservice.restartCommand;
+      unit = if length argv == 3 then elemAt argv 2 else "";
+      parts = splitTemplate unit;
+      base = if hasSuffix ".service" unit then substring 0 (stringLength unit - 8) unit else unit;
+      baseParts = splitTemplate base;
+      max = maxNameLength input;
+      isSystemctl = cmd: cmd == "systemctl" || hasSuffix "/systemctl" cmd;
+    in
+    if
+      length argv == 3
+      && isSystemctl (elemAt argv 0)
+      && elemAt argv 1 == "restart"
+      && parts != null
+      && match "[A-Za-z0-9@:_.-]*[{]name[}][A-Za-z0-9@:_.-]*" unit != null
+    then
+      "^${escapeRegex baseParts.prefix}[a-z0-9][a-z0-9-]{0,${toString (max - 1)}}${escapeRegex baseParts.suffix}\\.service$"
+    else
+      null;
+
+  # The polkit rule that lets the service user restart the agents' daemons, and nothing else:
+  # only the `restart` verb, only units whose name matches restartUnitRegex.
+  restartPolkitRule =
+    input:
+    let
+      regex = restartUnitRegex input;
+    in
+    if regex == null then
+      null
+    else
+      ''
+        // hive-matrix (user ${serviceUser}) may restart the agents' daemons after writing their
+        // tokens, and nothing else.
+        polkit.addRule(function (action, subject) {
+          if (action.id == "org.freedesktop.systemd1.manage-units" &&
+              subject.user == "${serviceUser}" &&
+              action.lookup("verb") == "restart" &&
+              /${regex}/.test(action.lookup("unit"))) {
+            return polkit.Result.YES;
+          }
+        });
+      '';
+
   # --- assertions ----------------------------------------------------------------------------
 
   # [ { assertion = bool; message = str; } ], as NixOS `config.assertions` wants them.
@@ -405,5 +478,10 @@ in
     assertions
     failedAssertions
     recursiveUpdate
+    serviceUser
+    maxNameLength
+    agentAccessRules
+    restartUnitRegex
+    restartPolkitRule
     ;
 }

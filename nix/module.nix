@@ -18,6 +18,7 @@
 let
   inherit (lib)
     literalExpression
+    mkDefault
     mkEnableOption
     mkIf
     mkMerge
@@ -107,9 +108,9 @@ let
   '';
 
   # The appservice registration, by the CLI itself: fresh 32-byte hex tokens the first time,
-  # the existing tokens afterwards, written atomically with mode 0600; with the bare `{name}`
-  # template the agents found on disk are listed too. Its directory (0700 root) is bind mounted
-  # read-only into the container.
+  # the existing tokens afterwards, written atomically; with the bare `{name}` template the agents
+  # found on disk are listed too. Its directory is bind mounted read-only into the container.
+  # Owner root, readable by the group of the unprivileged hive-matrix service (0750/0640).
   registrationSnippet = ''
     (
       set -eu
@@ -121,14 +122,37 @@ let
       ${lib.getExe cfg.package} registration --config ${configFile} --out "$reg" > /dev/null
       ${coreutils}/chown root:root "$reg"
       ${coreutils}/chmod 0600 "$reg"
+      ${registrationAccess}
     )
   '';
+
+  # Hands the registration to the service's group. At activation the group may not exist yet
+  # (users created by userborn or systemd-sysusers), so the service does it again, privileged,
+  # right before it starts (ExecStartPre=+).
+  registrationAccess = ''
+    if ${coreutils}/chgrp ${hlib.serviceUser} "$rd" "$reg" 2> /dev/null; then
+      ${coreutils}/chmod 0750 "$rd"
+      ${coreutils}/chmod 0640 "$reg"
+    fi
+  '';
+
+  registrationAccessScript = pkgs.writeShellScript "hive-matrix-registration-access" ''
+    set -eu
+    reg=${lib.escapeShellArg as.registration}
+    rd=$(${coreutils}/dirname "$reg")
+    ${registrationAccess}
+  '';
+
+  polkitRule = hlib.restartPolkitRule input;
+  systemdTmpfiles = "${config.systemd.package}/bin/systemd-tmpfiles";
 
   guiConfig = pkgs.writeText "fluffychat-config.json" (
     builtins.toJSON { default_homeserver = cfg.gatewayHost; }
   );
 
   upstream = "http://127.0.0.1:${toString cfg.httpPort}";
+
+  valid = hlib.failedAssertions input == [ ];
 in
 {
   options.services.hyperhive = {
@@ -334,140 +358,194 @@ in
   };
 
   config = mkIf cfg.enable (mkMerge [
-    {
-      assertions = hlib.assertions input;
+    { assertions = hlib.assertions input; }
 
-      containers.${hlib.containerName} = {
-        autoStart = true;
-        privateNetwork = false;
-        bindMounts = builtins.listToAttrs (
-          map (path: {
-            name = path;
-            value = {
-              hostPath = path;
-              isReadOnly = true;
+    # Nothing else while an assertion fails: NixOS then reports the assertions' messages, not a
+    # type error deep inside the container that a bad value (e.g. no domain) would cause first.
+    (mkIf valid (mkMerge [
+      {
+        containers.${hlib.containerName} = {
+          autoStart = true;
+          privateNetwork = false;
+          bindMounts = builtins.listToAttrs (
+            map (path: {
+              name = path;
+              value = {
+                hostPath = path;
+                isReadOnly = true;
+              };
+            }) (hlib.containerBindMounts input)
+          );
+          config = {
+            system.stateVersion = hostStateVersion;
+            services.matrix-tuwunel = {
+              enable = true;
+              package = cfg.tuwunelPackage;
+              settings = hlib.tuwunelSettings input;
             };
-          }) (hlib.containerBindMounts input)
-        );
-        config = {
-          system.stateVersion = hostStateVersion;
-          services.matrix-tuwunel = {
-            enable = true;
-            package = cfg.tuwunelPackage;
-            settings = hlib.tuwunelSettings input;
-          };
-          systemd.services.tuwunel = {
-            serviceConfig.LoadCredential = hlib.tuwunelCredentials input;
-            # tuwunel reads registrations at startup only: restart it when what the registration
-            # says changes (the host's activation has rewritten the file by then).
-            restartTriggers = optional as.enable (builtins.toJSON (hlib.registrationWithoutTokens input));
+            systemd.services.tuwunel = {
+              serviceConfig.LoadCredential = hlib.tuwunelCredentials input;
+              # tuwunel reads registrations at startup only: restart it when what the registration
+              # says changes (the host's activation has rewritten the file by then).
+              restartTriggers = optional as.enable (builtins.toJSON (hlib.registrationWithoutTokens input));
+            };
           };
         };
-      };
 
-      networking.firewall.allowedTCPPorts = optional cfg.openFirewall cfg.httpPort;
+        networking.firewall.allowedTCPPorts = optional cfg.openFirewall cfg.httpPort;
 
-      system.activationScripts.hive-matrix = {
-        deps = [ "specialfs" ];
-        text =
-          optionalString (cfg.registrationTokenFile != null) tokenSnippet
-          + optionalString as.enable registrationSnippet;
-      };
-    }
-
-    (mkIf as.enable {
-      environment.etc."hive-matrix/config.yaml".source = configFile;
-      environment.systemPackages = [ cfg.package ];
-
-      systemd.tmpfiles.rules = [ "d ${as.stateDir} 0700 root root -" ];
-
-      systemd.services.hive-matrix = {
-        description = "hive-matrix, the hive's Matrix application service";
-        wantedBy = [ "multi-user.target" ];
-        # Requires: a restart of the homeserver container (e.g. after the registration changed)
-        # restarts hive-matrix too, so both run with the same tokens.
-        requires = [ "container@${hlib.containerName}.service" ];
-        after = [
-          "network.target"
-          "container@${hlib.containerName}.service"
-        ];
-        environment = {
-          NODE_ENV = "production";
-          # A 2 MB young generation instead of V8's default 16 MB semi-spaces: with 1,000 agents the
-          # service stays under 120 MB resident at no measurable cost (docs/performance.md).
-          NODE_OPTIONS = "--max-semi-space-size=2";
+        system.activationScripts.hive-matrix = {
+          # users: the service's group exists by then (when users are created at activation).
+          deps = [
+            "specialfs"
+            "users"
+          ];
+          text =
+            optionalString (cfg.registrationTokenFile != null) tokenSnippet
+            + optionalString as.enable registrationSnippet;
         };
-        serviceConfig = {
-          ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
-          Restart = "on-failure";
-          RestartSec = 5;
+      }
 
-          # root, because it writes into the agents' state dirs and restarts their daemons;
-          # everything else is taken away.
-          UMask = "0077";
-          NoNewPrivileges = true;
-          ProtectSystem = "strict";
-          ReadWritePaths = [
-            as.stateDir
-            "-${as.agentStateRoot}"
-          ];
-          ProtectHome = true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
-          ProtectClock = true;
-          ProtectHostname = true;
-          ProtectProc = "invisible";
-          RestrictAddressFamilies = [
-            "AF_UNIX"
-            "AF_INET"
-            "AF_INET6"
-          ];
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
-          RemoveIPC = true;
-          SystemCallArchitectures = "native";
-          SystemCallFilter = [ "@system-service" ];
-          SystemCallErrorNumber = "EPERM";
-          CapabilityBoundingSet = [
-            "CAP_CHOWN"
-            "CAP_DAC_OVERRIDE"
-            "CAP_DAC_READ_SEARCH"
-            "CAP_FOWNER"
-          ];
-          # Node's JIT needs writable+executable memory, so no MemoryDenyWriteExecute.
+      (mkIf as.enable {
+        environment.etc."hive-matrix/config.yaml".source = configFile;
+        environment.systemPackages = [ cfg.package ];
+
+        users.users.${hlib.serviceUser} = {
+          isSystemUser = true;
+          group = hlib.serviceUser;
+          description = "hive-matrix, the hive's Matrix application service";
         };
-      };
-    })
+        users.groups.${hlib.serviceUser} = { };
 
-    (mkIf (cfg.gatewayHost != null) {
-      services.nginx = {
-        enable = true;
-        virtualHosts.${cfg.gatewayHost}.locations =
-          {
-            "/_matrix/" = {
-              proxyPass = upstream;
-              recommendedProxySettings = true;
-              extraConfig = "client_max_body_size ${toString cfg.maxRequestSize};";
-            };
-            "/.well-known/matrix/" = {
-              proxyPass = upstream;
-              recommendedProxySettings = true;
-            };
-          }
-          // optionalAttrs cfg.gui.enable {
-            "/" = {
-              root = cfg.gui.package;
-              tryFiles = "$uri $uri/ /index.html";
-            };
-            "= /config.json".alias = guiConfig;
+        systemd.tmpfiles.rules = [
+          "d ${as.stateDir} 0700 ${hlib.serviceUser} ${hlib.serviceUser} -"
+          # Adopts a state dir written by an earlier, root-run hive-matrix; `~` keeps files 0600.
+          "Z ${as.stateDir} ~0700 ${hlib.serviceUser} ${hlib.serviceUser} -"
+        ] ++ hlib.agentAccessRules input;
+
+        # A new agent dir gets its ACL entries when it appears, not only at the next boot or
+        # activation: the agents' root is watched, and tmpfiles re-applied below it.
+        systemd.paths.hive-matrix-agent-access = {
+          description = "Watch for new agent state dirs to grant hive-matrix access to";
+          wantedBy = [ "paths.target" ];
+          pathConfig = {
+            PathChanged = as.agentStateRoot;
+            Unit = "hive-matrix-agent-access.service";
           };
-      };
-    })
+        };
+        systemd.services.hive-matrix-agent-access = {
+          description = "Grant hive-matrix access to the agents' state dirs";
+          serviceConfig = {
+            Type = "oneshot";
+            ExecStart = "${systemdTmpfiles} --create --prefix=${as.agentStateRoot}";
+            ProtectSystem = "strict";
+            ReadWritePaths = [ "-${as.agentStateRoot}" ];
+            PrivateNetwork = true;
+          };
+        };
+
+        # The one privileged thing hive-matrix does after writing a token: restart that agent's
+        # daemon. Polkit lets its user do exactly that (verb `restart`, the agents' units only).
+        security.polkit = mkIf (polkitRule != null) {
+          enable = mkDefault true;
+          extraConfig = polkitRule;
+        };
+
+        systemd.services.hive-matrix = {
+          description = "hive-matrix, the hive's Matrix application service";
+          wantedBy = [ "multi-user.target" ];
+          # Requires: a restart of the homeserver container (e.g. after the registration changed)
+          # restarts hive-matrix too, so both run with the same tokens.
+          requires = [ "container@${hlib.containerName}.service" ];
+          after = [
+            "network.target"
+            "container@${hlib.containerName}.service"
+          ];
+          environment = {
+            NODE_ENV = "production";
+            # A 2 MB young generation instead of V8's default 16 MB semi-spaces: with 1,000 agents the
+            # service stays under 120 MB resident at no measurable cost (docs/performance.md).
+            NODE_OPTIONS = "--max-semi-space-size=2";
+          };
+          serviceConfig = {
+            ExecStartPre = [ "+${registrationAccessScript}" ];
+            ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
+            Restart = "on-failure";
+            RestartSec = 5;
+
+            # Unprivileged: its own state dir, the registration through its group, the agents'
+            # state dirs through ACL entries, restarts through polkit. Everything else is taken
+            # away; docs/nixos.md says what a compromised service could still do.
+            User = hlib.serviceUser;
+            Group = hlib.serviceUser;
+            CapabilityBoundingSet = "";
+            AmbientCapabilities = "";
+            NoNewPrivileges = true;
+            UMask = "0077";
+            ProtectSystem = "strict";
+            ReadWritePaths = [
+              as.stateDir
+              "-${as.agentStateRoot}"
+            ];
+            ProtectHome = true;
+            PrivateTmp = true;
+            PrivateDevices = true;
+            ProtectKernelTunables = true;
+            ProtectKernelModules = true;
+            ProtectKernelLogs = true;
+            ProtectControlGroups = true;
+            ProtectClock = true;
+            ProtectHostname = true;
+            ProtectProc = "invisible";
+            # The homeserver and the appservice port are on loopback; nothing else is reachable.
+            IPAddressAllow = "localhost";
+            IPAddressDeny = "any";
+            # AF_UNIX: the system bus, for the restarts.
+            RestrictAddressFamilies = [
+              "AF_UNIX"
+              "AF_INET"
+              "AF_INET6"
+            ];
+            RestrictNamespaces = true;
+            RestrictRealtime = true;
+            RestrictSUIDSGID = true;
+            LockPersonality = true;
+            RemoveIPC = true;
+            SystemCallArchitectures = "native";
+            SystemCallFilter = [
+              "@system-service"
+              "~@privileged"
+            ];
+            SystemCallErrorNumber = "EPERM";
+            # Node's JIT needs writable+executable memory, so no MemoryDenyWriteExecute.
+          };
+        };
+      })
+
+      (mkIf (cfg.gatewayHost != null) {
+        services.nginx = {
+          enable = true;
+          virtualHosts.${cfg.gatewayHost}.locations =
+            {
+              "/_matrix/" = {
+                proxyPass = upstream;
+                recommendedProxySettings = true;
+                extraConfig = "client_max_body_size ${toString cfg.maxRequestSize};";
+              };
+              "/.well-known/matrix/" = {
+                proxyPass = upstream;
+                recommendedProxySettings = true;
+              };
+            }
+            // optionalAttrs cfg.gui.enable {
+              "/" = {
+                root = cfg.gui.package;
+                tryFiles = "$uri $uri/ /index.html";
+              };
+              "= /config.json".alias = guiConfig;
+            };
+        };
+      })
+    ]))
   ]);
 }

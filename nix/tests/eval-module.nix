@@ -4,7 +4,8 @@
 # `settings` are laid over them, and mkIf/mkMerge are resolved by hand. Types are not checked.
 # What this does check is the module's own wiring: every attribute it reads exists, and the
 # container, the services, the activation script and the gateway come out as intended.
-# test/unit/nix.test.ts runs it with `nix-instantiate --eval --strict --json`.
+# test/unit/nix-module.test.ts runs it with `nix-instantiate --eval --strict --json` when no copy of
+# nixpkgs' lib is around (with one, it runs ./eval-nixos.nix instead).
 {
   domain ? "hive.example",
   # services.hyperhive.matrix.* as a NixOS configuration would set them.
@@ -37,6 +38,11 @@ let
       _type = "merge";
       inherit contents;
     };
+    mkDefault = content: {
+      _type = "override";
+      priority = 1000;
+      inherit content;
+    };
     literalExpression = text: {
       _type = "literalExpression";
       inherit text;
@@ -63,6 +69,7 @@ let
       outPath = "/nix/store/eval-${name}";
       inherit name text;
     };
+    writeShellScript = pkgs.writeText;
     coreutils = fakePackage "coreutils";
     gnugrep = fakePackage "gnugrep";
     formats.json = _: { type = type "json"; };
@@ -84,6 +91,7 @@ let
     options.services.hyperhive.domain.isDefined = domain != null;
     config = {
       system.stateVersion = "25.11";
+      systemd.package = fakePackage "systemd";
       services.hyperhive = {
         inherit domain;
         matrix = recursiveUpdate (defaultsOf module.options.services.hyperhive.matrix) settings;
@@ -91,20 +99,51 @@ let
     };
   };
 
+  absent = {
+    _type = "absent";
+  };
+
+  # Definitions with mkIf/mkMerge/mkDefault anywhere in them -> plain values; a false mkIf
+  # leaves no definition (priorities are ignored: the module sets nothing twice).
   resolve =
     value:
     if builtins.isAttrs value && value._type or null == "if" then
-      (if value.condition then resolve value.content else { })
+      (if value.condition then resolve value.content else absent)
     else if builtins.isAttrs value && value._type or null == "merge" then
-      builtins.foldl' (acc: c: recursiveUpdate acc (resolve c)) { } value.contents
+      builtins.foldl' (acc: c: recursiveUpdate acc c) { } (
+        builtins.filter (c: c != absent) (map resolve value.contents)
+      )
+    else if builtins.isAttrs value && value._type or null == "override" then
+      resolve value.content
+    else if builtins.isAttrs value && !(value ? outPath) then
+      let
+        resolved = builtins.mapAttrs (_: resolve) value;
+      in
+      removeAttrs resolved (builtins.filter (n: resolved.${n} == absent) (builtins.attrNames resolved))
     else
       value;
 
-  out = resolve module.config;
+  result = resolve module.config;
+  out = if result == absent then { } else result;
   container = out.containers.hive-matrix or null;
   service = out.systemd.services.hive-matrix or null;
   etcConfig = out.environment.etc."hive-matrix/config.yaml".source or null;
+  unit =
+    u:
+    if u == null then
+      null
+    else
+      {
+        description = u.description or "";
+        wantedBy = u.wantedBy or [ ];
+        requires = u.requires or [ ];
+        after = u.after or [ ];
+        restartTriggers = u.restartTriggers or [ ];
+      }
+      // (if u ? serviceConfig then { inherit (u) serviceConfig; environment = u.environment or { }; } else { })
+      // (if u ? pathConfig then { inherit (u) pathConfig; } else { });
 in
+# The same shape as ./eval-nixos.nix gives, where the module sets it.
 {
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) (out.assertions or [ ]));
   enabled = out ? assertions;
@@ -114,37 +153,24 @@ in
     else
       {
         inherit (container) autoStart privateNetwork bindMounts;
-        tuwunelSettings = container.config.services.matrix-tuwunel.settings;
-        tuwunelPackage = "${container.config.services.matrix-tuwunel.package}";
-        loadCredential = container.config.systemd.services.tuwunel.serviceConfig.LoadCredential;
-        restartTriggers = container.config.systemd.services.tuwunel.restartTriggers;
+        tuwunel = {
+          inherit (container.config.services.matrix-tuwunel) enable settings;
+          package = "${container.config.services.matrix-tuwunel.package}";
+        };
+        tuwunelService = unit container.config.systemd.services.tuwunel;
+        stateVersion = container.config.system.stateVersion;
       };
-  service =
-    if service == null then
-      null
-    else
-      {
-        inherit (service) requires after wantedBy;
-        inherit (service.serviceConfig)
-          ExecStart
-          Restart
-          NoNewPrivileges
-          ProtectSystem
-          ReadWritePaths
-          ;
-      };
-  hiveMatrixConfig = if etcConfig == null then null else builtins.fromJSON etcConfig.text;
-  configPathInExecStart = if etcConfig == null then null else "${etcConfig}";
-  activation = out.system.activationScripts.hive-matrix.text or null;
-  firewall = out.networking.firewall.allowedTCPPorts or [ ];
+  service = unit service;
+  accessPath = unit (out.systemd.paths.hive-matrix-agent-access or null);
+  accessService = unit (out.systemd.services.hive-matrix-agent-access or null);
+  users = out.users.users.hive-matrix or null;
+  groups = out.users.groups or { };
+  polkit = out.security.polkit or { };
   tmpfiles = out.systemd.tmpfiles.rules or [ ];
-  gateway =
-    if out ? services.nginx then
-      {
-        inherit (out.services.nginx) enable;
-        virtualHosts = builtins.mapAttrs (_: vh: builtins.attrNames vh.locations) out.services.nginx.virtualHosts;
-        matrixProxy = (builtins.head (builtins.attrValues out.services.nginx.virtualHosts)).locations."/_matrix/".proxyPass;
-      }
-    else
-      null;
+  hiveMatrixConfig = if etcConfig == null then null else builtins.fromJSON etcConfig.text;
+  configPath = if etcConfig == null then null else "${etcConfig}";
+  activation = out.system.activationScripts.hive-matrix or null;
+  firewall = out.networking.firewall.allowedTCPPorts or [ ];
+  nginx = out.services.nginx or { };
+  systemPackages = map toString (out.environment.systemPackages or [ ]);
 }

@@ -3,52 +3,19 @@
  * every .nix file parses; the pure functions in nix/lib.nix turn sample option sets into the
  * expected tuwunel settings, hive-matrix config and registration; that registration equals what
  * the TypeScript builds (src/registration.ts, and the CLI when there is one); nix/npm-lock.nix
- * makes the lock fetchable; nix/module.nix wires it all up (against a stand-in lib/pkgs); and
- * the activation script really writes the token and the registration.
+ * makes the lock fetchable; and nix/package-files.txt, the package's file set, is what
+ * nix/package.nix builds from. nix/module.nix itself is tested in nix-module.test.ts.
  */
-import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import YAML from "yaml";
 import { configSchema } from "../../src/config/schema";
 import { buildRegistration } from "../../src/registration";
+import { evalJson, evalRaw, nix, nixDir, nixProblem, repo, type Json, type JsonObject } from "../support/nix";
 import { tempDir } from "../support/tmp";
 
-const repo = join(__dirname, "..", "..");
-const nixDir = join(repo, "nix");
-
-type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonObject = { [key: string]: Json };
-
-/** Why Nix cannot run here, or undefined when it can. Every test fails with this message. */
-function nixProblem(): string | undefined {
-  const probe = spawnSync("nix-instantiate", ["--version"], { encoding: "utf8" });
-  if (!probe.error && probe.status === 0) return undefined;
-  const why = probe.error ? probe.error.message : `exited with ${String(probe.status)}: ${probe.stderr}`;
-  return process.env.CI
-    ? `nix-instantiate is not available in CI (${why}). The CI image must install Debian's nix-bin: apt-get install -y --no-install-recommends nix-bin`
-    : `nix-instantiate is not available (${why}). Install it to run these tests, e.g. Debian's nix-bin: sudo apt-get install -y nix-bin`;
-}
-
 const problem = nixProblem();
-
-// `--store dummy://`: evaluation needs no store, no daemon and no /nix, as root or not.
-const NIX_FLAGS = ["--store", "dummy://"];
-
-function nix(args: string[]): string {
-  return execFileSync("nix-instantiate", [...NIX_FLAGS, ...args], { cwd: repo, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-}
-
-/** Evaluates `expr` (a function of the given string arguments) to JSON text. */
-function evalRaw(expr: string, args: Record<string, string>): string {
-  const argv = ["--eval", "--strict", "--json"];
-  for (const [name, value] of Object.entries(args)) argv.push("--argstr", name, value);
-  return nix([...argv, "-E", expr]).trim();
-}
-
-function evalJson(expr: string, args: Record<string, string>): Json {
-  return JSON.parse(evalRaw(expr, args)) as Json;
-}
 
 /** Calls `fn` of nix/lib.nix on `input` (passed as JSON, so `null` stays null). */
 function libRaw(fn: string, input: JsonObject): string {
@@ -60,15 +27,6 @@ function libRaw(fn: string, input: JsonObject): string {
 
 function lib(fn: string, input: JsonObject): Json {
   return JSON.parse(libRaw(fn, input)) as Json;
-}
-
-function evalModule(settings: JsonObject, domain: string | null = "hive.example"): JsonObject {
-  const expr = "{ file, domain, settings }: import file { settings = builtins.fromJSON settings; domain = builtins.fromJSON domain; }";
-  return evalJson(expr, {
-    file: join(nixDir, "tests", "eval-module.nix"),
-    domain: JSON.stringify(domain),
-    settings: JSON.stringify(settings),
-  }) as JsonObject;
 }
 
 /** Object keys sorted recursively: Nix prints attribute sets that way. */
@@ -465,146 +423,44 @@ describe("nix/", () => {
     });
   });
 
-  describe("module.nix (against a stand-in lib and pkgs)", () => {
-    const settings: JsonObject = { enable: true, appservice: { operators: [operator] } };
+  describe("package-files.txt, the package's file set", () => {
+    const listed = readFileSync(join(nixDir, "package-files.txt"), "utf8")
+      .split("\n")
+      .filter((line) => line !== "" && !line.startsWith("#"));
 
-    it("does nothing unless enabled", () => {
-      expect(evalModule({})).toMatchObject({ enabled: false, container: null, service: null, activation: null });
+    it("names existing paths inside the repository, once each", () => {
+      expect(listed.length).toBeGreaterThan(0);
+      for (const path of listed) {
+        expect([path, /^\/|(^|\/)\.\.(\/|$)|\s/.test(path)]).toEqual([path, false]);
+        expect([path, existsSync(join(repo, path))]).toEqual([path, true]);
+      }
+      expect(new Set(listed).size).toBe(listed.length);
     });
 
-    it("runs tuwunel in the hive-matrix container with its secrets as read-only credentials", () => {
-      const out = evalModule(settings);
-      expect(out.failedAssertions).toEqual([]);
-      expect(out.container).toEqual({
-        autoStart: true,
-        privateNetwork: false,
-        bindMounts: {
-          "/var/lib/hyperhive/matrix-register-token": { hostPath: "/var/lib/hyperhive/matrix-register-token", isReadOnly: true },
-          "/var/lib/hyperhive/matrix-appservice": { hostPath: "/var/lib/hyperhive/matrix-appservice", isReadOnly: true },
-        },
-        tuwunelSettings: samples[0].tuwunel,
-        tuwunelPackage: "/nix/store/eval-tuwunel",
-        loadCredential: [
-          "registration_token:/var/lib/hyperhive/matrix-register-token",
-          "hyperhive.yaml:/var/lib/hyperhive/matrix-appservice/registration.yaml",
-        ],
-        restartTriggers: [JSON.stringify(canonical(samples[0].registration))],
-      });
-    });
-
-    it("runs hive-matrix on the host, hardened, after the container, with the generated config", () => {
-      const out = evalModule(settings);
-      const configPath = out.configPathInExecStart as string;
-      expect(out.hiveMatrixConfig).toEqual(samples[0].config);
-      expect(out.service).toEqual({
-        requires: ["container@hive-matrix.service"],
-        after: ["network.target", "container@hive-matrix.service"],
-        wantedBy: ["multi-user.target"],
-        ExecStart: `/nix/store/eval-hive-matrix/bin/hive-matrix run --config ${configPath}`,
-        Restart: "on-failure",
-        NoNewPrivileges: true,
-        ProtectSystem: "strict",
-        ReadWritePaths: ["/var/lib/hyperhive/matrix", "-/var/lib/hyperhive/agents"],
-      });
-      expect(out.tmpfiles).toEqual(["d /var/lib/hyperhive/matrix 0700 root root -"]);
-      expect(out.activation).toContain(`hive-matrix registration --config ${configPath} --out "$reg"`);
-      expect(out.firewall).toEqual([]);
-      expect(out.gateway).toEqual({
-        enable: true,
-        matrixProxy: "http://127.0.0.1:8008",
-        virtualHosts: { "matrix.hive.example": ["/.well-known/matrix/", "/_matrix/"] },
-      });
-    });
-
-    it("opens only httpPort, serves the GUI and drops what is turned off", () => {
-      const out = evalModule({
-        enable: true,
-        openFirewall: true,
-        registrationTokenFile: null,
-        gui: { enable: true },
-        appservice: { enable: false },
-      });
-      expect(out.failedAssertions).toEqual([]);
-      expect(out.firewall).toEqual([8008]);
-      expect(out.service).toBeNull();
-      expect(out.activation).toBe("");
-      const container = out.container as JsonObject;
-      expect(container.bindMounts).toEqual({});
-      expect(container.loadCredential).toEqual([]);
-      expect(container.tuwunelSettings).toMatchObject({ global: { address: ["0.0.0.0"], allow_registration: false } });
-      expect((container.tuwunelSettings as { global: JsonObject }).global).not.toHaveProperty("appservice_dir");
-      expect(out.gateway).toMatchObject({
-        virtualHosts: { "matrix.hive.example": ["/", "/.well-known/matrix/", "/_matrix/", "= /config.json"] },
-      });
-    });
-
-    it("reports a missing domain through an assertion, not an evaluation error", () => {
-      const out = evalModule(settings, null);
-      expect(out.failedAssertions).toEqual([expect.stringMatching(/set services\.hyperhive\.domain/)]);
-    });
-  });
-
-  describe("the activation script", () => {
-    /** Runs the module's activation text with real tools, on paths in a temp dir. */
-    function activate(dir: string): void {
-      const tokenFile = join(dir, "hyperhive", "matrix-register-token");
-      const registration = join(dir, "hyperhive", "matrix-appservice", "registration.yaml");
-      const out = evalModule({
-        enable: true,
-        registrationTokenFile: tokenFile,
-        appservice: {
-          operators: [operator],
-          registration,
-          stateDir: join(dir, "hyperhive", "matrix"),
-          agentStateRoot: join(dir, "hyperhive", "agents"),
-        },
-      });
-      const configPath = join(dir, "config.yaml");
-      writeFileSync(configPath, JSON.stringify(out.hiveMatrixConfig));
-      const wrapper = join(dir, "hive-matrix");
-      writeFileSync(wrapper, `#!/bin/sh\nexec "${process.execPath}" "${join(repo, "bin", "hive-matrix.js")}" "$@"\n`, { mode: 0o755 });
-      const asRoot = process.getuid?.() === 0;
-      const script = (out.activation as string)
-        .split(out.configPathInExecStart as string)
-        .join(configPath)
-        .split("/nix/store/eval-hive-matrix/bin/hive-matrix")
-        .join(wrapper)
-        .replace(/\/nix\/store\/eval-(coreutils|gnugrep)\/bin\//g, "")
-        // Giving files to root needs root; the modes are checked either way.
-        .replace(/ -o root -g root/g, asRoot ? " -o root -g root" : "")
-        .replace(/\bchown root:root\b/g, asRoot ? "chown root:root" : "true");
-      execFileSync("bash", ["-c", `set -o pipefail\n${script}`], { cwd: repo, stdio: ["ignore", "pipe", "pipe"] });
-    }
-
-    const cliExists = existsSync(join(repo, "src", "cli.ts"));
-
-    (cliExists ? it : it.skip)("writes a 64-hex token and the registration, 0600, and keeps both when run again", () => {
-      const dir = tempDir("hm-activate-");
-      const tokenFile = join(dir, "hyperhive", "matrix-register-token");
-      const registration = join(dir, "hyperhive", "matrix-appservice", "registration.yaml");
-
-      activate(dir);
-      const token = readFileSync(tokenFile, "utf8");
-      expect(token).toMatch(/^[0-9a-f]{64}\n$/);
-      expect(statSync(tokenFile).mode & 0o777).toBe(0o600);
-      const first = YAML.parse(readFileSync(registration, "utf8")) as Record<string, unknown>;
-      expect(statSync(registration).mode & 0o777).toBe(0o600);
-      expect(withoutTokens(first)).toEqual(samples[0].registration);
-
-      activate(dir);
-      expect(readFileSync(tokenFile, "utf8")).toBe(token);
-      const second = YAML.parse(readFileSync(registration, "utf8")) as Record<string, unknown>;
-      expect([second.as_token, second.hs_token]).toEqual([first.as_token, first.hs_token]);
-    });
-
-    (cliExists ? it : it.skip)("replaces an empty token file and re-applies mode 0600", () => {
-      const dir = tempDir("hm-activate-");
-      const tokenFile = join(dir, "hyperhive", "matrix-register-token");
-      mkdirSync(join(dir, "hyperhive"), { recursive: true });
-      writeFileSync(tokenFile, "\n", { mode: 0o644 });
-      activate(dir);
-      expect(readFileSync(tokenFile, "utf8")).toMatch(/^[0-9a-f]{64}\n$/);
-      expect(statSync(tokenFile).mode & 0o777).toBe(0o600);
+    it("is the file set nix/package.nix builds from", () => {
+      // package.nix evaluated with just enough of a lib to see its source file set.
+      const expr = `{ repo }: let
+        lib = {
+          importJSON = p: builtins.fromJSON (builtins.readFile p);
+          inherit (builtins) filter;
+          hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
+          splitString = sep: s: builtins.filter builtins.isString (builtins.split sep s);
+          fileContents = p: let t = builtins.readFile p; n = builtins.stringLength t; in
+            if builtins.substring (n - 1) 1 t == "\\n" then builtins.substring 0 (n - 1) t else t;
+          fileset = { unions = ps: ps; toSource = { root, fileset }: { inherit root fileset; }; };
+          licenses.asl20 = null;
+          platforms.linux = [ ];
+        };
+        pkg = import (/. + repo + "/nix/package.nix") {
+          inherit lib;
+          buildNpmPackage = args: args;
+          importNpmLock = { __functor = _: _: null; npmConfigHook = null; };
+          nodejs_22 = null;
+        };
+      in { root = toString pkg.src.root; files = map toString pkg.src.fileset; }`;
+      const src = evalJson(expr, { repo }) as { root: string; files: string[] };
+      expect(src.root).toBe(repo);
+      expect(src.files).toEqual(listed.map((path) => join(repo, path)));
     });
   });
 });
