@@ -17,6 +17,9 @@
   # JSON text of further definitions anywhere in the configuration, as an operator would add
   # them; { "_type": "override", "priority": 50, "content": x } is mkForce x.
   extra ? "{}",
+  # A runNixOSTest file (./vm.nix): its machine's configuration is evaluated instead of
+  # `settings`/`domain`, and its test script returned.
+  node ? null,
 }:
 let
   fakePackage = name: {
@@ -80,6 +83,11 @@ let
     writeText = fakeFile;
     writeShellScript = fakeFile;
     callPackage = _path: _args: fakePackage "hive-matrix";
+    runtimeShell = "/nix/store/00000000000000000000000000000000-bash/bin/bash";
+    curl = fakePackage "curl";
+    jq = fakePackage "jq";
+    acl = fakePackage "acl";
+    testers.runNixOSTest = test: test;
     coreutils = fakePackage "coreutils";
     gnugrep = fakePackage "gnugrep";
     systemd = fakePackage "systemd";
@@ -100,16 +108,29 @@ let
 
   domainValue = builtins.fromJSON domain;
 
+  vmTest = if node == null then null else import node { inherit pkgs; };
+
   eval = lib.evalModules {
-    modules = stubs.hostModules ++ [
-      ../module.nix
-      {
-        system.stateVersion = "25.11";
-        services.hyperhive.matrix = withPackages (builtins.fromJSON settings);
-      }
-      (lib.mkIf (domainValue != null) { services.hyperhive.domain = domainValue; })
-      (builtins.fromJSON extra)
-    ];
+    modules =
+      stubs.hostModules
+      ++ [
+        { system.stateVersion = "25.11"; }
+        (builtins.fromJSON extra)
+      ]
+      ++ (
+        if vmTest == null then
+          [
+            ../module.nix
+            { services.hyperhive.matrix = withPackages (builtins.fromJSON settings); }
+            (lib.mkIf (domainValue != null) { services.hyperhive.domain = domainValue; })
+          ]
+        else
+          [
+            vmTest.nodes.machine
+            # The test driver's own options, which the module does not touch.
+            { options.virtualisation = lib.mkOption { type = lib.types.attrsOf lib.types.anything; }; }
+          ]
+      );
   };
 
   inherit (eval) config options;
@@ -189,4 +210,6 @@ in
   firewall = config.networking.firewall.allowedTCPPorts;
   nginx = config.services.nginx;
   systemPackages = map toString config.environment.systemPackages;
+  vm = if vmTest == null then null else { inherit (vmTest) name testScript; };
+  daemonStandIn = unit (config.systemd.services."hive-matrix-daemon@" or null);
 }
