@@ -326,15 +326,18 @@ let
   # root, pass through each agent dir and write (only) into each agent's `state/`. tmpfiles
   # expands the globs at boot, at every activation and when the root changes (the
   # hive-matrix-agent-access path unit), and never follows a symlink when it sets an ACL.
+  # Each line also sets the ACL mask to rwx: a chmod of the dir (e.g. another tmpfiles line
+  # `d <dir> 0700`, re-applied in the same run) narrows the mask, which would otherwise mask the
+  # entry out. rwx never narrows anything; the owning group keeps its own entry's rights.
   agentAccessRules =
     input:
     let
       root = (withDefaults input).appservice.agentStateRoot;
     in
     [
-      "a+ ${root} - - - - u:${serviceUser}:r-x"
-      "a+ ${root}/* - - - - u:${serviceUser}:--x"
-      "a+ ${root}/*/state - - - - u:${serviceUser}:rwx"
+      "a+ ${root} - - - - u:${serviceUser}:r-x,m::rwx"
+      "a+ ${root}/* - - - - u:${serviceUser}:--x,m::rwx"
+      "a+ ${root}/*/state - - - - u:${serviceUser}:rwx,m::rwx"
     ];
 
   # The units the default restart command (`systemctl restart <unit with {name}>`) restarts, as

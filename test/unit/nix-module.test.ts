@@ -284,11 +284,15 @@ describe("nix/module.nix", () => {
       // An agent that swapped its state dir for a link to somewhere else.
       symlinkSync(join(dir, "outside", "state"), join(root, "mallory", "state"));
       const out = evalModule({ enable: true, appservice: { operators: [operator], agentStateRoot: root } });
-      // `nobody` stands in for the service user, which does not exist here.
+      // `nobody` stands in for the service user, which does not exist here. Another module's
+      // tmpfiles lines for the same dirs (mode 0700) run in the same pass, and a chmod narrows
+      // the ACL mask: the rules must survive that, run after run.
       const rules = (out.tmpfiles as string[]).filter((r) => r.startsWith("a+")).map((r) => r.replace(/u:hive-matrix:/g, "u:nobody:"));
       expect(rules).toHaveLength(3);
-      writeFileSync(join(dir, "rules.conf"), `${rules.join("\n")}\n`);
-      execFileSync("systemd-tmpfiles", ["--create", join(dir, "rules.conf")], { stdio: ["ignore", "pipe", "pipe"] });
+      const others = ["alpha", "alpha/state"].map((d) => `d ${join(root, d)} 0700 root root -`);
+      writeFileSync(join(dir, "rules.conf"), `${[...others, ...rules].join("\n")}\n`);
+      for (let run = 0; run < 2; run++)
+        execFileSync("systemd-tmpfiles", ["--create", join(dir, "rules.conf")], { stdio: ["ignore", "pipe", "pipe"] });
       const asNobody = (cmd: string[]): boolean =>
         spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", ...cmd], { stdio: "ignore" }).status === 0;
       expect(asNobody(["touch", join(root, "alpha", "state", "matrix-token")])).toBe(true);
@@ -501,7 +505,7 @@ describe("nix/module.nix", () => {
       expect(Object.keys((out.nginx as { virtualHosts: JsonObject }).virtualHosts)).toEqual(["chat.hive.example"]);
       expect((out.service as Unit).serviceConfig.ExecStart).toMatch(/-hive-matrix-custom\/bin\/hive-matrix-custom run --config /);
       expect((out.service as Unit).serviceConfig.ReadWritePaths).toEqual(["/srv/hm/state", "-/srv/agents"]);
-      expect(out.tmpfiles).toContain("a+ /srv/agents/*/state - - - - u:hive-matrix:rwx");
+      expect(out.tmpfiles).toContain("a+ /srv/agents/*/state - - - - u:hive-matrix:rwx,m::rwx");
       const rules = (out.polkit as { extraConfig: string }).extraConfig;
       expect(polkitVerdict(rules, { unit: "agent@abcdefghijkl.service", verb: "restart", user: "hive-matrix" })).toBe("yes");
       expect(polkitVerdict(rules, { unit: "agent@abcdefghijklm.service", verb: "restart", user: "hive-matrix" })).toBeUndefined();
