@@ -267,10 +267,10 @@ describe("nix/module.nix", () => {
     });
   });
 
-  describe("the rendered ACL rules, applied by systemd-tmpfiles", () => {
+  describe("the rendered tmpfiles rules, applied by systemd-tmpfiles", () => {
     const tools = ["systemd-tmpfiles", "setpriv"].filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);
     const why = process.getuid?.() !== 0 ? "not root" : tools.length > 0 ? `${tools.join(", ")} missing` : undefined;
-    if (why) console.log(`nix/module.nix: the tmpfiles ACL rules are not applied here (${why}); that test is skipped`);
+    if (why) console.log(`nix/module.nix: the tmpfiles rules are not applied here (${why}); that test is skipped`);
 
     (why ? it.skip : it)("let the service user write into each agent's state dir and nowhere else, through no symlink", () => {
       const dir = tempDir("hm-acl-");
@@ -301,6 +301,25 @@ describe("nix/module.nix", () => {
       expect(asNobody(["touch", join(root, "x")])).toBe(false);
       expect(asNobody(["touch", join(dir, "outside", "state", "matrix-token")])).toBe(false);
       expect(asNobody(["ls", join(root, "alpha")])).toBe(false);
+    });
+    (why ? it.skip : it)("hand the state dir, with what a root-run version wrote there, to the service user", () => {
+      const dir = tempDir("hm-state-");
+      const stateDir = join(dir, "matrix");
+      mkdirSync(stateDir, { mode: 0o755 });
+      writeFileSync(join(stateDir, "space-id"), "!room:hive.example\n", { mode: 0o600 });
+      const out = evalModule({ enable: true, appservice: { operators: [operator], stateDir } });
+      const rules = (out.tmpfiles as string[])
+        .filter((r) => r.includes(stateDir))
+        .map((r) => r.replace(/hive-matrix hive-matrix/g, "nobody nogroup"));
+      expect(rules).toHaveLength(2);
+      writeFileSync(join(dir, "rules.conf"), `${rules.join("\n")}\n`);
+      execFileSync("systemd-tmpfiles", ["--create", join(dir, "rules.conf")], { stdio: ["ignore", "pipe", "pipe"] });
+      const nobody = Number(execFileSync("id", ["-u", "nobody"], { encoding: "utf8" }).trim());
+      for (const [path, mode] of [
+        [stateDir, 0o700],
+        [join(stateDir, "space-id"), 0o600],
+      ] as const)
+        expect([path, statSync(path).uid, statSync(path).mode & 0o777]).toEqual([path, nobody, mode]);
     });
   });
 
