@@ -143,6 +143,25 @@ let
     ${registrationAccess}
   '';
 
+  # Re-applies the tmpfiles rules below the agents' root (the ACL grants among them). The path
+  # unit fires when an agent dir appears, which is often a moment before its state/ does, and
+  # nothing fires for the state/ itself: so wait a little for state/ dirs still missing, and
+  # apply the rules again. Only tests paths; tmpfiles does the (symlink-safe) changes.
+  agentAccessScript = pkgs.writeShellScript "hive-matrix-agent-access" ''
+    set -u
+    root=${lib.escapeShellArg as.agentStateRoot}
+    ${systemdTmpfiles} --create --prefix="$root"
+    for _ in $(${coreutils}/seq 30); do
+      waiting=0
+      for d in "$root"/*/; do
+        if [ -d "$d" ] && ! [ -L "''${d%/}" ] && ! [ -e "''${d}state" ]; then waiting=1; fi
+      done
+      [ "$waiting" = 0 ] && break
+      ${coreutils}/sleep 1
+    done
+    ${systemdTmpfiles} --create --prefix="$root"
+  '';
+
   polkitRule = hlib.restartPolkitRule input;
   systemdTmpfiles = "${config.systemd.package}/bin/systemd-tmpfiles";
 
@@ -437,7 +456,7 @@ in
           description = "Grant hive-matrix access to the agents' state dirs";
           serviceConfig = {
             Type = "oneshot";
-            ExecStart = "${systemdTmpfiles} --create --prefix=${as.agentStateRoot}";
+            ExecStart = agentAccessScript;
             ProtectSystem = "strict";
             ReadWritePaths = [ "-${as.agentStateRoot}" ];
             PrivateNetwork = true;

@@ -163,6 +163,8 @@ in
   service = unit service;
   accessPath = unit (out.systemd.paths.hive-matrix-agent-access or null);
   accessService = unit (out.systemd.services.hive-matrix-agent-access or null);
+  # The script the path unit runs, as text.
+  accessScript = out.systemd.services.hive-matrix-agent-access.serviceConfig.ExecStart.text or null;
   users = out.users.users.hive-matrix or null;
   groups = out.users.groups or { };
   polkit = out.security.polkit or { };

@@ -200,6 +200,8 @@ in
   service = unit service;
   accessPath = unit (config.systemd.paths.hive-matrix-agent-access or null);
   accessService = unit (config.systemd.services.hive-matrix-agent-access or null);
+  # The script the path unit runs, as text.
+  accessScript = config.systemd.services.hive-matrix-agent-access.serviceConfig.ExecStart.text or null;
   users = config.users.users.hive-matrix or null;
   groups = config.users.groups;
   polkit = config.security.polkit;
