@@ -40,6 +40,12 @@ export class AgentError extends Error {
 
 type Outcome = "provisioned" | "unchanged" | "registered" | "removed" | "failed" | "skipped";
 
+/**
+ * What a converge did, for the pass summary: an agent converged more than once in one pass keeps
+ * its latest outcome of the highest weight, so a later "nothing to do" does not hide a change.
+ */
+const WEIGHT: Record<Outcome, number> = { skipped: 0, unchanged: 1, registered: 2, provisioned: 2, removed: 2, failed: 2 };
+
 interface Job {
   force: boolean;
   waiters: { resolve: (record: AgentRecord | undefined) => void }[];
@@ -65,7 +71,8 @@ export class AgentManager extends EventEmitter {
   private watcher: AgentWatcher | undefined;
   private stopped = false;
   private loaded = false;
-  private batch = { started: 0, provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+  /** The onboarding pass under way: when it started and each agent's outcome (an agent may converge more than once in a pass). */
+  private batch = { started: 0, outcomes: new Map<string, Outcome>() };
   private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly deps: AgentManagerDeps) {
@@ -170,10 +177,13 @@ export class AgentManager extends EventEmitter {
   rescan(): void {
     if (this.stopped) return;
     const before = new Set(this.desiredNames());
+    const onDisk = new Set(this.discovered);
     if (!this.scan()) return;
     const after = new Set(this.desiredNames());
     for (const name of after) if (!before.has(name)) this.enqueue(name);
     for (const name of before) if (!after.has(name)) this.enqueue(name);
+    // An agent desired without a state dir (added by command, or configured) gets its token when the dir appears.
+    for (const name of this.discovered) if (!onDisk.has(name) && before.has(name) && after.has(name)) this.enqueue(name);
   }
 
   /** Queues every desired agent that is `failed` again (e.g. after a registration refresh); returns their names. */
@@ -223,8 +233,7 @@ export class AgentManager extends EventEmitter {
       const job = this.queue.get(name) ?? { force: false, waiters: [] };
       job.force ||= options.force ?? false;
       job.waiters.push({ resolve });
-      if (this.queue.size === 0 && this.running.size === 0)
-        this.batch = { started: Date.now(), provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+      if (this.queue.size === 0 && this.running.size === 0) this.batch = { started: Date.now(), outcomes: new Map() };
       this.queue.set(name, job);
       this.pump();
     });
@@ -299,10 +308,8 @@ export class AgentManager extends EventEmitter {
     this.running.delete(name);
     const record = this.records.get(name);
     job.waiters.forEach((w) => w.resolve(record));
-    if (outcome === "provisioned") this.batch.provisioned++;
-    else if (outcome === "unchanged" || outcome === "registered") this.batch.unchanged++;
-    else if (outcome === "failed") this.batch.failed++;
-    else if (outcome === "removed") this.batch.removed++;
+    const before = this.batch.outcomes.get(name);
+    if (before === undefined || WEIGHT[outcome] >= WEIGHT[before]) this.batch.outcomes.set(name, outcome);
     if (outcome === "provisioned" || outcome === "registered" || outcome === "removed") this.emit("changed", name, outcome);
     this.updateGauge();
     this.pump();
@@ -310,14 +317,16 @@ export class AgentManager extends EventEmitter {
   }
 
   private drained(): void {
-    const { started, ...counts } = this.batch;
-    const total = counts.provisioned + counts.unchanged + counts.failed + counts.removed;
+    const counts = { provisioned: 0, registered: 0, unchanged: 0, removed: 0, failed: 0 };
+    for (const outcome of this.batch.outcomes.values()) if (outcome !== "skipped") counts[outcome]++;
+    const total = Object.values(counts).reduce((a, b) => a + b, 0);
     if (total > 1)
       this.log.info(
-        { ...counts, ms: Date.now() - started },
-        `onboarding pass finished: ${counts.provisioned} provisioned, ${counts.unchanged} unchanged, ${counts.removed} removed, ${counts.failed} failed`,
+        { ...counts, agents: total, ms: Date.now() - this.batch.started },
+        `onboarding pass finished: ${total} agents: ${counts.provisioned} provisioned, ${counts.registered} registered without a state dir, ` +
+          `${counts.unchanged} unchanged, ${counts.removed} removed, ${counts.failed} failed`,
       );
-    this.batch = { started: Date.now(), provisioned: 0, unchanged: 0, failed: 0, removed: 0 };
+    this.batch = { started: Date.now(), outcomes: new Map() };
     this.emit("idle");
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
