@@ -20,13 +20,21 @@ interface HiveIdentity {
   template: string;
   /** hive-chat's alias localpart: rooms of different instances must not compete for one alias. */
   alias: string;
+  /** The Space's alias localpart, likewise. */
+  spaceAlias: string;
 }
 
 const IDENTITIES: Record<HiveKind, HiveIdentity> = {
-  main: { id: "hm-main", botLocalpart: "hive", template: "agent-{name}", alias: "hive-chat" },
-  ingest: { id: "hm-ingest", botLocalpart: "hive-ingest", template: "ingest-{name}", alias: "hive-chat-ingest" },
-  memory: { id: "hm-memory", botLocalpart: "hive-memory", template: "mem-{name}", alias: "hive-chat-memory" },
-  "memory-defaults": { id: "hm-memory-defaults", botLocalpart: "hive-memdef", template: "memd-{name}", alias: "hive-chat-memdef" },
+  main: { id: "hm-main", botLocalpart: "hive", template: "agent-{name}", alias: "hive-chat", spaceAlias: "hive" },
+  ingest: { id: "hm-ingest", botLocalpart: "hive-ingest", template: "ingest-{name}", alias: "hive-chat-ingest", spaceAlias: "hive-ingest" },
+  memory: { id: "hm-memory", botLocalpart: "hive-memory", template: "mem-{name}", alias: "hive-chat-memory", spaceAlias: "hive-memory" },
+  "memory-defaults": {
+    id: "hm-memory-defaults",
+    botLocalpart: "hive-memdef",
+    template: "memd-{name}",
+    alias: "hive-chat-memdef",
+    spaceAlias: "hive-memdef",
+  },
 };
 
 export interface HiveSpec {
@@ -65,7 +73,7 @@ export async function prepareHive(
     operators,
     agents: { stateRoot, localpart: identity.template, restartCommand: ["true"] },
     // The bench triggers reconciles itself; a periodic one must not land inside a measurement.
-    rooms: { chat: { alias: identity.alias }, reconcileIntervalSeconds: 0 },
+    rooms: { chat: { alias: identity.alias }, space: { alias: identity.spaceAlias }, reconcileIntervalSeconds: 0 },
     logging: { level: "info" },
   };
   const configPath = join(dir, "config.json");

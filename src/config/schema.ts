@@ -15,6 +15,9 @@ const localpartTemplate = z
     message: "may only contain a-z, 0-9 and . _ = / - around {name}",
   });
 
+/** The localpart of a room alias (`#<localpart>:<domain>`); empty means no alias. */
+const aliasLocalpart = z.string().regex(/^[a-z0-9._=/-]*$/, "may only contain a-z, 0-9 and . _ = / - (or be empty for no alias)");
+
 const userId = z.string().regex(/^@[^:\s]+:[^\s]+$/, "must be a full Matrix user ID like @alice:hive.example");
 
 const httpUrl = z.string().refine(
@@ -149,6 +152,9 @@ export const configSchema = z
           .object({
             name: z.string().min(1).default("hive").describe("Name of the hive Space."),
             topic: z.string().default("The agents of this hive and their operators").describe("Topic of the hive Space."),
+            alias: aliasLocalpart
+              .default("hive")
+              .describe("Localpart of the Space's alias (#hive:<domain>), which clients join it by; empty for none."),
           })
           .strict()
           .default({})
@@ -157,9 +163,7 @@ export const configSchema = z
           .object({
             name: z.string().min(1).default("hive-chat").describe("Name of the chat room."),
             topic: z.string().default("Where the hive's agents and operators talk").describe("Topic of the chat room."),
-            alias: z
-              .string()
-              .regex(/^[a-z0-9._=/-]*$/, "may only contain a-z, 0-9 and . _ = / - (or be empty for no alias)")
+            alias: aliasLocalpart
               .default("hive-chat")
               .describe("Localpart of the chat room's alias (#hive-chat:<domain>); empty for none."),
             encrypted: z
@@ -179,6 +183,11 @@ export const configSchema = z
           .describe("Periodic reconcile of the rooms against the desired state; 0 turns the timer off."),
       })
       .strict()
+      // One alias cannot point to both rooms: the reconcile would move it back and forth.
+      .refine((rooms) => rooms.space.alias === "" || rooms.space.alias !== rooms.chat.alias, {
+        message: "must differ from rooms.chat.alias",
+        path: ["space", "alias"],
+      })
       .default({})
       .describe("The hive Space and hive-chat, created once and kept correct."),
     control: z

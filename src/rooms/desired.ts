@@ -5,7 +5,15 @@
  */
 import type { Config } from "../config/schema";
 import { hasPrivilegedCreators } from "./actual";
-import type { DesiredMembers, DesiredRoom, DesiredStateEvent, DesiredMembership, RoomKey } from "./types";
+import {
+  ROOM_KEYS,
+  ROOM_LABEL,
+  type DesiredMembers,
+  type DesiredRoom,
+  type DesiredStateEvent,
+  type DesiredMembership,
+  type RoomKey,
+} from "./types";
 
 export const MEGOLM = "m.megolm.v1.aes-sha2";
 
@@ -21,10 +29,39 @@ export interface DesiredInputs {
   chatId?: string;
 }
 
-/** Full alias of hive-chat, or undefined when `rooms.chat.alias` is empty. */
-export function chatAlias(config: Config): string | undefined {
-  const localpart = config.rooms.chat.alias;
+/**
+ * Full alias of the Space or hive-chat, or undefined when `rooms.<space|chat>.alias` is empty.
+ * Room IDs of version 12 rooms (the Space's, on current Synapse) have no server part, so some
+ * clients can only join such a room through an alias.
+ */
+export function roomAlias(config: Config, key: RoomKey): string | undefined {
+  const localpart = config.rooms[key].alias;
   return localpart ? `#${localpart}:${config.homeserver.domain}` : undefined;
+}
+
+/**
+ * The reason sent with every invite into the Space or hive-chat: clients show it with the invite,
+ * and it names the aliases to join by when a client cannot join a version 12 room by its ID.
+ */
+export function inviteReason(config: Config): string | undefined {
+  const aliases = ROOM_KEYS.flatMap((key) => {
+    const alias = roomAlias(config, key);
+    return alias ? [`${alias} (${ROOM_LABEL[key]})`] : [];
+  });
+  return aliases.length > 0 ? `The hive's rooms: ${aliases.join(", ")}` : undefined;
+}
+
+/** The desired canonical alias event, which Synapse accepts only once the alias points to the room. */
+function canonicalAlias(alias: string): DesiredStateEvent {
+  return {
+    type: "m.room.canonical_alias",
+    stateKey: "",
+    content: { alias },
+    what: "canonical alias",
+    summary: alias,
+    kind: "state.canonical_alias",
+    requiresAlias: true,
+  };
 }
 
 export function membershipOf(config: Config, botUserId: string, members: DesiredMembers): DesiredMembership {
@@ -72,6 +109,7 @@ function commonState(config: Config, botUserId: string, name: string, topic: str
 
 export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceId"> & { spaceId?: string }): DesiredRoom {
   const domain = config.homeserver.domain;
+  const alias = roomAlias(config, "space");
   const state: DesiredStateEvent[] = [
     {
       type: "m.room.join_rules",
@@ -92,10 +130,12 @@ export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceI
       kind: "state.space_child",
     });
   }
+  if (alias) state.push(canonicalAlias(alias));
   return {
     key: "space",
     create: { type: "m.space" },
     state,
+    alias,
     encrypted: false,
     members: membershipOf(config, inputs.botUserId, inputs.members),
   };
@@ -103,7 +143,7 @@ export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceI
 
 export function desiredChat(config: Config, inputs: DesiredInputs): DesiredRoom {
   const domain = config.homeserver.domain;
-  const alias = chatAlias(config);
+  const alias = roomAlias(config, "chat");
   const state: DesiredStateEvent[] = [
     {
       type: "m.room.join_rules",
@@ -125,17 +165,7 @@ export function desiredChat(config: Config, inputs: DesiredInputs): DesiredRoom 
   if (config.rooms.chat.encrypted) {
     state.push({ type: "m.room.encryption", stateKey: "", content: { algorithm: MEGOLM }, what: "encryption", kind: "state.encryption" });
   }
-  if (alias) {
-    state.push({
-      type: "m.room.canonical_alias",
-      stateKey: "",
-      content: { alias },
-      what: "canonical alias",
-      summary: alias,
-      kind: "state.canonical_alias",
-      requiresAlias: true,
-    });
-  }
+  if (alias) state.push(canonicalAlias(alias));
   return {
     key: "chat",
     create: { roomVersion: CHAT_ROOM_VERSION },

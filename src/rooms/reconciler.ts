@@ -16,7 +16,7 @@ import type { HomeserverTransport } from "../matrix/transport";
 import type { StateStore } from "../store/state-store";
 import type { MatrixEvent } from "../store/transactions";
 import { actualRoom, unusableReason } from "./actual";
-import { chatAlias, createRoomBody, desiredChat, desiredRoom, desiredSpace } from "./desired";
+import { createRoomBody, desiredChat, desiredRoom, desiredSpace, inviteReason, roomAlias } from "./desired";
 import { diffRoom } from "./diff";
 import { roomsMetrics, type RoomsMetrics } from "./metrics";
 import { RoomApi } from "./room-api";
@@ -79,6 +79,28 @@ export class RoomsReconciler {
 
   get chatId(): string | undefined {
     return this.knownIds().chat;
+  }
+
+  /** The configured aliases (`#name:domain`) of the Space and hive-chat; a room without one is left out. */
+  get aliases(): Partial<Record<RoomKey, string>> {
+    const aliases: Partial<Record<RoomKey, string>> = {};
+    for (const key of ROOM_KEYS) {
+      const alias = roomAlias(this.deps.config, key);
+      if (alias) aliases[key] = alias;
+    }
+    return aliases;
+  }
+
+  /** The rooms `userId` is joined to, as the homeserver says now (not as the last reconcile left them). */
+  async joinedRooms(userId: string): Promise<RoomKey[]> {
+    const api = new RoomApi(this.deps.transport, this.deps.botUserId, this.log);
+    const ids = this.knownIds();
+    const joined: RoomKey[] = [];
+    for (const key of ROOM_KEYS) {
+      const roomId = ids[key];
+      if (roomId !== undefined && (await api.membership(roomId, userId)) === "join") joined.push(key);
+    }
+    return joined;
   }
 
   /** Whether an appservice event may have changed one of the two rooms (state or membership). */
@@ -253,7 +275,7 @@ export class RoomsReconciler {
       if (err instanceof MatrixError && err.statusCode < 500 && UNUSABLE_ERRCODES.includes(err.errcode)) return describeError(err);
       throw err;
     }
-    const alias = key === "chat" ? chatAlias(this.deps.config) : undefined;
+    const alias = roomAlias(this.deps.config, key);
     const room = actualRoom(roomId, events, alias === undefined ? undefined : await api.resolveAlias(alias));
     return unusableReason(room, this.deps.botUserId) ?? room;
   }
@@ -301,7 +323,7 @@ export class RoomsReconciler {
       aliasFailed = true;
       const problem =
         `${ROOM_LABEL[change.room]}: alias ${change.alias} was moved back to ${change.from} after this service took it; ` +
-        "something else manages it too. Not moving it again: stop the other service, delete the alias, or change rooms.chat.alias";
+        `something else manages it too. Not moving it again: stop the other service, delete the alias, or change rooms.${change.room}.alias`;
       report.problems.push(problem);
       this.log.error({ roomId }, problem);
       return aliasFailed;
@@ -317,7 +339,7 @@ export class RoomsReconciler {
       const problem =
         change.op === "alias" && change.from
           ? `${ROOM_LABEL[change.room]}: alias ${change.alias} points to another room (${change.from}) and the bot cannot move it ` +
-            `(${describeError(err)}); delete the alias or change rooms.chat.alias`
+            `(${describeError(err)}); delete the alias or change rooms.${change.room}.alias`
           : `could not apply "${change.message}": ${describeError(err)}`;
       report.problems.push(problem);
       this.log.error({ roomId, ...errorFields(err) }, problem);
@@ -336,7 +358,7 @@ export class RoomsReconciler {
       case "alias":
         return api.setAlias(change.alias, roomId, change.from);
       case "invite":
-        return api.invite(roomId, change.userId);
+        return api.invite(roomId, change.userId, inviteReason(this.deps.config));
       case "admit":
         // hive-chat lets members of the Space in (restricted), and the Space's joins were applied
         // just before: a direct join saves one membership event per agent. Refused (not in the
@@ -378,7 +400,7 @@ export class RoomsReconciler {
           continue;
         }
         if (membership === "ban") await api.unban(roomId, userId);
-        await api.invite(roomId, userId);
+        await api.invite(roomId, userId, inviteReason(this.deps.config));
         const message = `${label}: ${userId} invited${membership === "ban" ? " (ban lifted)" : ""}`;
         result.changes.push(message);
         this.log.info({ roomId, userId }, message);

@@ -66,8 +66,9 @@ export class RoomApi {
     await this.write("PUT", `${CS}/rooms/${enc(roomId)}/state/${enc(type)}/${enc(stateKey)}`, kind, { body: content });
   }
 
-  async invite(roomId: string, userId: string): Promise<void> {
-    await this.write("POST", `${CS}/rooms/${enc(roomId)}/invite`, "invite", { body: { user_id: userId } });
+  /** `reason` is shown to the invited user by most clients. */
+  async invite(roomId: string, userId: string, reason?: string): Promise<void> {
+    await this.write("POST", `${CS}/rooms/${enc(roomId)}/invite`, "invite", { body: { user_id: userId, ...(reason ? { reason } : {}) } });
   }
 
   async unban(roomId: string, userId: string): Promise<void> {

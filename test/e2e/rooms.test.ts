@@ -122,10 +122,12 @@ describe("the hive's Space and hive-chat against Synapse", () => {
     let spaceId: string;
     let chatId: string;
     let alias: string;
+    let spaceAlias: string;
 
     beforeAll(async () => {
       config = hiveConfig([operator.userId]);
       alias = `#${config.rooms.chat.alias}:${DOMAIN}`;
+      spaceAlias = `#${config.rooms.space.alias}:${DOMAIN}`;
       rec = new RoomsReconciler(deps(config));
       first = await rec.reconcile({ agents, leaving: [] });
       spaceId = first.spaceId!;
@@ -139,6 +141,8 @@ describe("the hive's Space and hive-chat against Synapse", () => {
           `Space: created ${spaceId}`,
           `hive-chat: created ${chatId}`,
           "Space: child hive-chat set",
+          `Space: alias ${spaceAlias} created`,
+          `Space: canonical alias set to ${spaceAlias}`,
           `hive-chat: alias ${alias} created`,
           `hive-chat: canonical alias set to ${alias}`,
           `Space: operator ${operator.userId} invited`,
@@ -169,6 +173,9 @@ describe("the hive's Space and hive-chat against Synapse", () => {
         hasPrivilegedCreators(spaceVersion) ? { [operator.userId]: 100 } : { [bot]: 100, [operator.userId]: 100 },
       );
       expect(find(space, "m.space.child", chatId)?.content).toEqual({ via: [DOMAIN] });
+      // A version 12 room ID has no server part: clients that cannot join by such an ID join by this alias.
+      expect(find(space, "m.room.canonical_alias")?.content.alias).toBe(spaceAlias);
+      expect(await resolveAlias(spaceAlias)).toBe(spaceId);
 
       const chat = await state(chatId);
       expect(find(chat, "m.room.create")?.content.room_version).toBe("10");
@@ -188,6 +195,10 @@ describe("the hive's Space and hive-chat against Synapse", () => {
 
       for (const roomId of [spaceId, chatId]) {
         expect(await membership(roomId, operator.userId)).toBe("invite");
+        // The invite names the aliases, which clients show with it.
+        expect(find(await state(roomId), "m.room.member", operator.userId)?.content.reason).toBe(
+          `The hive's rooms: ${spaceAlias} (Space), ${alias} (hive-chat)`,
+        );
         for (const agent of agents) expect(await membership(roomId, agent)).toBe("join");
       }
     });
@@ -202,7 +213,9 @@ describe("the hive's Space and hive-chat against Synapse", () => {
       const refused = await asUser(operator, "POST", `/_matrix/client/v3/join/${enc(chatId)}`, {});
       expect(refused.status).toBe(403);
 
-      expect((await asUser(operator, "POST", `/_matrix/client/v3/join/${enc(spaceId)}`, {})).status).toBe(200);
+      // By the Space's alias, as a client that cannot join a version 12 room by its ID does.
+      const viaAlias = await asUser(operator, "POST", `/_matrix/client/v3/join/${enc(spaceAlias)}`, {});
+      expect(viaAlias).toMatchObject({ status: 200, json: { room_id: spaceId } });
       const hierarchy = await asUser(operator, "GET", `/_matrix/client/v1/rooms/${enc(spaceId)}/hierarchy`);
       expect(hierarchy.status).toBe(200);
       const rooms = hierarchy.json.rooms as { room_id: string; room_type?: string; join_rule?: string; name?: string }[];
@@ -258,10 +271,15 @@ describe("the hive's Space and hive-chat against Synapse", () => {
       });
       try {
         // The operator (power 100 in the Space) renames it: drift that arrives as an appservice event.
+        const seenBefore = run.seen.length;
         const put = await asUser(operator, "PUT", `/_matrix/client/v3/rooms/${enc(spaceId)}/state/m.room.name/`, { name: "not the hive" });
         expect(put.status).toBe(200);
         await until(async () => find(await state(spaceId), "m.room.name")?.content.name === "hive");
-        // The repair comes back as an event too: at most a follow-up run that writes nothing.
+        // The repair comes back as an event too, and causes at most a follow-up run that writes
+        // nothing: wait for that event (it may come after the repairing run ended), then for the run.
+        await until(() =>
+          run.seen.slice(seenBefore).some((e) => e.type === "m.room.name" && e.room_id === spaceId && e.sender === run.service.botUserId),
+        );
         await until(() => !loop.running);
         const settledRuns = loop.runs;
         const settledWrites = await writesTotal();
@@ -314,6 +332,9 @@ describe("the hive's Space and hive-chat against Synapse", () => {
       expect(store.readText("space-id")).toBe(report.spaceId);
       expect(store.readText("hive-chat-id")).toBe(report.chatId);
       expect(report.changes).toContain(`hive-chat: alias ${alias} moved here from ${chatId}`);
+      expect(report.changes).toContain(`Space: alias ${spaceAlias} moved here from ${spaceId}`);
+      expect(await resolveAlias(spaceAlias)).toBe(report.spaceId);
+      expect(find(await state(report.spaceId!), "m.room.canonical_alias")?.content.alias).toBe(spaceAlias);
       expect(await resolveAlias(alias)).toBe(report.chatId);
       expect(find(await state(report.chatId!), "m.room.canonical_alias")?.content.alias).toBe(alias);
       expect(find(await state(report.chatId!), "m.room.join_rules")?.content.allow).toEqual([
@@ -383,7 +404,10 @@ describe("the hive's Space and hive-chat against Synapse", () => {
     it("from an older deployment, usable as they are: adopted, nothing recreated", async () => {
       const older = hiveConfig([operator.userId]);
       const made = await new RoomsReconciler(deps(older)).reconcile({ agents: [], leaving: [] });
-      const config = hiveConfig([operator.userId], older.rooms.chat.alias);
+      const config = makeTestConfig(slot, {
+        operators: [operator.userId],
+        rooms: { chat: { alias: older.rooms.chat.alias }, space: { alias: older.rooms.space.alias } },
+      });
       const store = new StateStore(config.stateDir);
       store.writeText("space-id", made.spaceId!);
       store.writeText("hive-chat-id", made.chatId!);

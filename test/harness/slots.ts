@@ -373,7 +373,7 @@ export function deepMerge(base: Record<string, unknown>, over: Record<string, un
 /**
  * A parsed Config for a hive-matrix instance on `slot`: the run's Synapse, the slot's appservice
  * identity and registration, fresh state dirs (stateDir 0700 and agents.stateRoot, both created)
- * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, a unique hive-chat alias, log level warn.
+ * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, unique Space and hive-chat aliases, log level warn.
  * `overrides` is deep-merged onto that raw input before parsing.
  */
 export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Config {
@@ -385,6 +385,7 @@ export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Con
   const stateRoot = join(dir, "agents");
   mkdirSync(stateDir, { mode: 0o700 });
   mkdirSync(stateRoot, { mode: 0o700 });
+  const unique = randomBytes(3).toString("hex");
   const raw: Record<string, unknown> = {
     homeserver: { url: synapse.url, domain: synapse.serverName },
     appservice: {
@@ -399,7 +400,7 @@ export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Con
     operators: [],
     agents: { stateRoot, localpart: slot.agentTemplate, restartCommand: ["true"] },
     // Aliases are global on the shared Synapse: each instance gets its own, or they would fight over one.
-    rooms: { chat: { alias: `hive-chat-${slot.name}-${randomBytes(3).toString("hex")}` } },
+    rooms: { chat: { alias: `hive-chat-${slot.name}-${unique}` }, space: { alias: `hive-${slot.name}-${unique}` } },
     logging: { level: "warn" },
   };
   return configSchema.parse(deepMerge(raw, overrides as Record<string, unknown>));

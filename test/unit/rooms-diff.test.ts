@@ -5,9 +5,9 @@
  */
 import { configSchema, type ConfigInput } from "../../src/config/schema";
 import { actualRoom, unusableReason } from "../../src/rooms/actual";
-import { createRoomBody, desiredChat, desiredSpace } from "../../src/rooms/desired";
+import { createRoomBody, desiredChat, desiredSpace, inviteReason } from "../../src/rooms/desired";
 import { diffRoom, overlay, satisfies } from "../../src/rooms/diff";
-import type { ActualRoom, DesiredMembers, DesiredRoom } from "../../src/rooms/types";
+import { stateKeyOf, type ActualRoom, type DesiredMembers, type DesiredRoom } from "../../src/rooms/types";
 
 const DOMAIN = "hive.example";
 const BOT = `@hive:${DOMAIN}`;
@@ -151,6 +151,26 @@ describe("desired rooms and their creation", () => {
     expect(initial).toContainEqual({ type: "m.space.parent", state_key: SPACE, content: { via: [DOMAIN], canonical: true } });
     expect(initial.some((e) => e.type === "m.room.canonical_alias" || e.type === "m.room.encryption")).toBe(false);
     expect(desired.alias).toBe(`#hive-chat:${DOMAIN}`);
+  });
+
+  it("the Space has an alias too (#hive:<domain>), set like hive-chat's: after creation, then its canonical alias", () => {
+    const desired = desiredSpace(config(), { botUserId: BOT, members: noMembers });
+    expect(desired.alias).toBe(`#hive:${DOMAIN}`);
+    const initial = createRoomBody(desired).initial_state as { type: string }[];
+    expect(initial.some((e) => e.type === "m.room.canonical_alias")).toBe(false);
+    const fresh = serverState(desired, SPACE, [], null, "12");
+    fresh.state.delete(stateKeyOf("m.room.canonical_alias", ""));
+    const plan = diffRoom(desired, fresh, new Set());
+    const order = plan.changes.filter((c) => c.op === "alias" || (c.op === "state" && c.type === "m.room.canonical_alias"));
+    expect(order.map((c) => c.message)).toEqual([`Space: alias #hive:${DOMAIN} created`, `Space: canonical alias set to #hive:${DOMAIN}`]);
+    expect(desiredSpace(config({ rooms: { space: { alias: "" } } }), { botUserId: BOT, members: noMembers }).alias).toBeUndefined();
+  });
+
+  it("invites name the aliases; one alias for both rooms is a config error", () => {
+    expect(inviteReason(config())).toBe(`The hive's rooms: #hive:${DOMAIN} (Space), #hive-chat:${DOMAIN} (hive-chat)`);
+    expect(inviteReason(config({ rooms: { space: { alias: "" } } }))).toBe(`The hive's rooms: #hive-chat:${DOMAIN} (hive-chat)`);
+    expect(inviteReason(config({ rooms: { space: { alias: "" }, chat: { alias: "" } } }))).toBeUndefined();
+    expect(() => config({ rooms: { space: { alias: "same" }, chat: { alias: "same" } } })).toThrow(/must differ from rooms.chat.alias/);
   });
 
   it("an empty alias means no alias and no canonical alias; encrypted adds m.room.encryption", () => {
