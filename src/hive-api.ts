@@ -45,7 +45,13 @@ export class ServiceHiveApi implements HiveApi {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - service.startedAt) / 1000),
       agents: Object.fromEntries(Object.entries(counts).filter(([, n]) => n > 0)),
-      rooms: { spaceId: rooms.spaceId, chatId: rooms.chatId, controlRoomId: this.deps.controlRoomId() },
+      rooms: {
+        spaceId: rooms.spaceId,
+        chatId: rooms.chatId,
+        controlRoomId: this.deps.controlRoomId(),
+        spaceAlias: rooms.aliases.space,
+        chatAlias: rooms.aliases.chat,
+      },
       lastReconcile: last ? { at: last.at, changes: last.changes.length, problems: last.problems } : undefined,
     };
   }
@@ -60,22 +66,47 @@ export class ServiceHiveApi implements HiveApi {
   }
 
   async addAgent(name: string, progress?: ProgressSink): Promise<AgentView> {
-    progress?.(`provisioning ${name}: registering, writing its token, restarting its daemon…`);
+    const hasDir = existsSync(agentStateDir(this.deps.service.config, name));
+    progress?.(
+      hasDir
+        ? `provisioning ${name}: registering, writing its token, restarting its daemon…`
+        : `registering ${name} (it has no state dir yet, so no token is written)…`,
+    );
     const record = await this.deps.agents.add(name).catch(asCommandError);
     progress?.(`${name}: ${record.state.replace("_", " ")}; joining the hive rooms…`);
-    await this.deps.loop.trigger(`agent ${name} added by command`);
-    return this.view(name, this.deps.agents.records.get(name) ?? record);
+    return this.afterChange(name, record, `agent ${name} added by command`);
   }
 
   async removeAgent(name: string): Promise<AgentView> {
     const record = await this.deps.agents.remove(name).catch(asCommandError);
-    await this.deps.loop.trigger(`agent ${name} removed by command`);
-    return this.view(name, this.deps.agents.records.get(name) ?? record);
+    return this.afterChange(name, record, `agent ${name} removed by command`);
   }
 
   async rotateAgent(name: string): Promise<AgentView> {
     const record = await this.deps.agents.rotate(name).catch(asCommandError);
-    return this.view(name, record);
+    return this.afterChange(name, record, `agent ${name} rotated by command`);
+  }
+
+  /**
+   * Waits for the rooms reconcile that takes the change into account, then reads the agent's
+   * memberships from the homeserver, so the answer shows where the agent is, not where it was.
+   */
+  private async afterChange(name: string, record: AgentRecord, reason: string): Promise<AgentView> {
+    const report = await this.deps.loop.trigger(reason);
+    const now = this.deps.agents.records.get(name) ?? record;
+    const view = this.view(name, now);
+    const { config } = this.deps.service;
+    const names = { space: config.rooms.space.name, chat: config.rooms.chat.name };
+    const problems = report ? [...report.problems] : ["the service is stopping; the rooms were not reconciled"];
+    let rooms = view.rooms;
+    try {
+      rooms = (await this.deps.rooms.joinedRooms(now.userId)).map((key) => names[key]);
+    } catch (err) {
+      problems.push(
+        `could not read the agent's memberships (${err instanceof Error ? err.message : String(err)}); rooms as of the last reconcile`,
+      );
+    }
+    return { ...view, rooms, roomProblems: problems };
   }
 
   async invite(userId: string): Promise<string[]> {
@@ -121,6 +152,7 @@ export class ServiceHiveApi implements HiveApi {
       userId: record.userId,
       state: record.state,
       reason: record.reason,
+      stateDir,
       tokenFile,
       rooms: record.state === "joined" ? [config.rooms.space.name, config.rooms.chat.name] : [],
       source: record.source,

@@ -15,9 +15,17 @@ export interface AgentView {
   state: AgentState;
   /** Why the agent is `failed` (or anything else the operator should know), in plain words. */
   reason?: string;
+  /** The agent's state dir (`<stateRoot>/<name>/state`), where its token file goes. */
+  stateDir: string;
+  /** "none": the state dir does not exist (yet), so there is nowhere to write a token. */
   tokenFile: "ok" | "missing" | "none";
-  /** Names of the hive rooms the agent has joined, e.g. ["hive", "hive-chat"]. */
+  /**
+   * Names of the hive rooms the agent has joined, e.g. ["hive", "hive-chat"]. In the answer to a
+   * change (add, remove, rotate) they are read from the homeserver; in lists, from the last reconcile.
+   */
   rooms: string[];
+  /** Only in the answer to a change: what the rooms reconcile that followed could not do (empty: it went through). */
+  roomProblems?: string[];
   source: "discovered" | "config" | "command";
   /** Milliseconds since the epoch. */
   updatedAt: number;
@@ -30,7 +38,7 @@ export interface HiveStatus {
   uptimeSeconds: number;
   /** Agent counts by state; states with no agent may be left out. */
   agents: Partial<Record<AgentState, number>>;
-  rooms: { spaceId?: string; chatId?: string; controlRoomId?: string };
+  rooms: { spaceId?: string; chatId?: string; controlRoomId?: string; spaceAlias?: string; chatAlias?: string };
   lastReconcile?: { at: number; changes: number; problems: string[] };
 }
 

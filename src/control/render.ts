@@ -105,23 +105,90 @@ export function blocks(...items: (Rich | undefined)[]): Rich {
 }
 
 /**
+ * How wide a plain body may be: text clients (a terminal, a bridge) show it as it is, so a line
+ * longer than this wraps in the middle of a word or a table column.
+ */
+export const PLAIN_WIDTH = 80;
+
+/** A table's last column needs at least this much room to be wrapped beside the others. */
+const MIN_WRAPPED_COLUMN = 30;
+
+function width(s: string): number {
+  return Array.from(s).length;
+}
+
+/** Words of `s` on lines of at most `max` columns; a longer word gets a line of its own. */
+export function wrapWords(s: string, max: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of s.split(" ")) {
+    if (line !== "" && width(line) + 1 + width(word) > max) {
+      lines.push(line);
+      line = word;
+    } else line = line === "" ? word : `${line} ${word}`;
+  }
+  lines.push(line);
+  return lines;
+}
+
+/**
+ * The plain body as sent: every line wrapped at PLAIN_WIDTH, continuation lines indented like the
+ * line they continue (list items: under the item's text). Tables are laid out to fit already.
+ */
+export function fitPlain(text: string, max = PLAIN_WIDTH): string {
+  return text
+    .split("\n")
+    .flatMap((line) => {
+      if (width(line) <= max) return [line];
+      const indent = /^(\s*(?:- )?)/.exec(line)?.[1] ?? "";
+      const pad = " ".repeat(width(indent));
+      return wrapWords(line.slice(indent.length), max - width(indent)).map((l, i) => (i === 0 ? indent : pad) + l);
+    })
+    .join("\n");
+}
+
+/**
  * A table: an HTML <table>, and in the plain body columns padded with spaces (counted in code
- * points; wide characters may still misalign, which is cosmetic).
+ * points; wide characters may still misalign, which is cosmetic). A plain table wider than
+ * PLAIN_WIDTH wraps its last column beside the others when that leaves it room, and otherwise
+ * shows each row as its first cell followed by an indented `Header: value` line per other cell.
  */
 export function table(headers: readonly string[], rows: readonly (readonly Part[])[]): Rich {
   const head = headers.map(part);
   const body = rows.map((row) => headers.map((_, i) => part(row[i] ?? "")));
-  const width = headers.map((_, i) => Math.max(Array.from(head[i].text).length, ...body.map((row) => Array.from(row[i].text).length)));
-  const pad = (s: string, w: number): string => s + " ".repeat(Math.max(0, w - Array.from(s).length));
-  const textLine = (cells: Rich[]): string =>
-    cells
-      .map((c, i) => (i === cells.length - 1 ? c.text : pad(c.text, width[i])))
-      .join("  ")
-      .trimEnd();
-  const text = [textLine(head), width.map((w) => "-".repeat(w)).join("  "), ...body.map(textLine)].join("\n");
   const htmlRow = (cells: Rich[], tag: "th" | "td"): string => `<tr>${cells.map((c) => `<${tag}>${c.html}</${tag}>`).join("")}</tr>`;
   const html = `<table><thead>${htmlRow(head, "th")}</thead><tbody>${body.map((row) => htmlRow(row, "td")).join("")}</tbody></table>`;
-  return Rich.unsafe(text, html);
+  return Rich.unsafe(plainTable(head, body), html);
+}
+
+function plainTable(head: Rich[], body: Rich[][]): string {
+  const widths = head.map((_, i) => Math.max(width(head[i].text), ...body.map((row) => width(row[i].text))));
+  const last = widths.length - 1;
+  const before = widths.slice(0, last).reduce((sum, w) => sum + w + 2, 0);
+  const room = Math.min(widths[last], PLAIN_WIDTH - before);
+  if (room < MIN_WRAPPED_COLUMN && before + widths[last] > PLAIN_WIDTH) return stackedTable(head, body);
+  const pad = (s: string, w: number): string => s + " ".repeat(Math.max(0, w - width(s)));
+  const lines = (cells: Rich[]): string[] => {
+    const lead = cells
+      .slice(0, last)
+      .map((c, i) => pad(c.text, widths[i]) + "  ")
+      .join("");
+    return wrapWords(cells[last].text, room).map((l, i) => `${i === 0 ? lead : " ".repeat(before)}${l}`.trimEnd());
+  };
+  const rule = [...widths.slice(0, last), room].map((w) => "-".repeat(w)).join("  ");
+  return [...lines(head), rule, ...body.flatMap(lines)].join("\n");
+}
+
+function stackedTable(head: Rich[], body: Rich[][]): string {
+  return body
+    .flatMap((row) => [
+      row[0].text,
+      ...row.slice(1).flatMap((cell, i) => {
+        const label = head[i + 1].text;
+        return cell.text === "" ? [] : [label ? `  ${label}: ${cell.text}` : `  ${cell.text}`];
+      }),
+    ])
+    .join("\n");
 }
 
 /** "1 agent", "3 agents". */

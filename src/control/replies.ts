@@ -5,7 +5,7 @@
  */
 import type { Logger } from "../logging";
 import { errorFields } from "../logging";
-import { blocks, list, para, truncate, type Rich } from "./render";
+import { blocks, fitPlain, list, para, truncate, type Rich } from "./render";
 
 /** The part of the bot's HiveMatrixClient this module uses (sends go through the transport). */
 export interface MessageClient {
@@ -25,11 +25,11 @@ export interface ReplyTarget {
 const MAX_CONTENT_BYTES = 60_000;
 
 function messageContent(message: Rich, maxBytes = MAX_CONTENT_BYTES): Record<string, unknown> {
-  const content = { msgtype: "m.notice", body: message.text, format: "org.matrix.custom.html", formatted_body: message.html };
+  const content = { msgtype: "m.notice", body: fitPlain(message.text), format: "org.matrix.custom.html", formatted_body: message.html };
   if (Buffer.byteLength(JSON.stringify(content)) <= maxBytes) return content;
   // Too big for one event (e.g. a very long agent list): send the plain text only, shortened.
   // Code points can take up to 4 bytes in JSON (6 when escaped as \uXXXX); a sixth of the budget is safe.
-  const body = `${truncate(message.text, Math.floor(maxBytes / 6))}\n\n(shortened: the full text is too long for one message)`;
+  const body = `${truncate(fitPlain(message.text), Math.floor(maxBytes / 6))}\n\n(shortened: the full text is too long for one message)`;
   return { msgtype: "m.notice", body };
 }
 

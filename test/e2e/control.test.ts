@@ -241,7 +241,7 @@ describe("control room against Synapse", () => {
       "the encryption warning",
     );
     expect(warning.content.msgtype).toBe("m.notice");
-    expect(String(warning.content.body)).toMatch(/delete `.*control-room-id` and restart hive-matrix/);
+    expect(String(warning.content.body)).toMatch(/delete\s+`.*control-room-id`\s+and restart hive-matrix/);
   });
 
   it("keeps every token out of the logs", () => {

@@ -33,6 +33,8 @@ describe("the hive, run from the control room", () => {
   const reply = (eventId: string): Promise<RoomEvent> =>
     eventually(async () => (await repliesTo(operator, controlRoom, eventId, run.service.botUserId))[0], `the bot's reply to ${eventId}`);
   const body = (e: RoomEvent): string => String(((e.content["m.new_content"] as RoomEvent["content"] | undefined) ?? e.content).body);
+  /** Plain bodies are wrapped at 80 columns and tables padded: compare with every run of white space as one space. */
+  const flat = (s: string): string => s.replace(/\s+/g, " ");
   /** The reply's text after its last edit (progress messages are edited in place). */
   async function finalText(eventId: string, settled: RegExp): Promise<string> {
     const first = await reply(eventId);
@@ -95,15 +97,63 @@ describe("the hive, run from the control room", () => {
     expect(String(list.content.formatted_body)).toContain("<table>");
   });
 
-  it("!hive agent add x provisions x, joins it to the rooms and reports it", async () => {
-    const text = await finalText(await say(operator, controlRoom, `!hive agent add ${added}`), /Added|added|failed/i);
-    expect(text).toContain(added);
+  it("!hive agent add x without a state dir: registered and joined, and the reply says the token waits for the dir", async () => {
+    const dir = join(config.agents.stateRoot, added, "state");
+    const text = flat(await finalText(await say(operator, controlRoom, `!hive agent add ${added}`), /Added|failed/));
+    expect(text).toContain(`Added agent \`${added}\``);
     expect(text).not.toMatch(/failed|error/i);
-    expect(run.service.agents.records.get(added)).toMatchObject({ source: "command" });
-    await eventually(
-      async () => ((await membership(run.service.rooms.chatId!, userOf(added))) === "join" ? true : undefined),
-      `${added} in hive-chat`,
-    );
+    expect(text).toContain(`It has no state dir yet (\`${dir}\`), so no token file is written now.`);
+    expect(text).toContain(`Its token is written to \`${join(dir, "matrix-token")}\``);
+    // The state it reached: joined, in both rooms (read from the homeserver, not assumed).
+    expect(text).toMatch(/State joined /);
+    expect(text).toMatch(/Rooms hive, hive-chat /);
+    expect(run.service.agents.records.get(added)).toMatchObject({ source: "command", state: "joined" });
+    expect(await membership(run.service.rooms.chatId!, userOf(added))).toBe("join");
+    expect(await membership(run.service.rooms.spaceId!, userOf(added))).toBe("join");
+  });
+
+  it("!hive agent rotate x without a state dir says that nothing is rotated; the token comes when the dir appears", async () => {
+    const dir = join(config.agents.stateRoot, added, "state");
+    const ask = flat(body(await reply(await say(operator, controlRoom, `!hive agent rotate ${added}`))));
+    expect(ask).toContain(`has no state dir yet (\`${dir}\`), so there is no token to replace`);
+    expect(ask).toContain("nothing is logged out and no token file is written");
+    expect(ask).not.toContain("This logs out");
+
+    const done = flat(body(await reply(await say(operator, controlRoom, `!hive agent rotate ${added} --yes`))));
+    expect(done).toContain("no token was rotated");
+    expect(done).toContain("It has no state dir yet");
+    expect(existsSync(join(dir, "matrix-token"))).toBe(false);
+
+    // The promise made above: the dir appears, the token is written.
+    mkdirSync(dir, { recursive: true });
+    const token = await eventually(() => {
+      const file = join(dir, "matrix-token");
+      return existsSync(file) ? readFileSync(file, "utf8").trim() : undefined;
+    }, `${added}'s token file`);
+    const who = await fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
+    expect(((await who.json()) as { user_id?: string }).user_id).toBe(userOf(added));
+  });
+
+  it("!hive agent rotate of a joined agent answers with the state it reached: joined, both rooms, a new token", async () => {
+    const name = names[1];
+    const file = join(config.agents.stateRoot, name, "state", "matrix-token");
+    const old = readFileSync(file, "utf8").trim();
+    const ask = flat(body(await reply(await say(operator, controlRoom, `!hive agent rotate ${name}`))));
+    expect(ask).toContain(`writes a new token to \`${file}\``);
+
+    const text = flat(body(await reply(await say(operator, controlRoom, `!hive agent rotate ${name} --yes`))));
+    expect(text).toContain(`Rotated the token of agent \`${name}\``);
+    expect(text).toMatch(/State joined /);
+    expect(text).toMatch(/Rooms hive, hive-chat /);
+    expect(text).toContain(`Token file \`${file}\``);
+    const fresh = readFileSync(file, "utf8").trim();
+    expect(fresh).not.toBe(old);
+    const whoami = (token: string): Promise<number> =>
+      fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.status);
+    expect(await whoami(old)).toBe(401);
+    expect(await whoami(fresh)).toBe(200);
+    expect(await membership(run.service.rooms.spaceId!, userOf(name))).toBe("join");
+    expect(await membership(run.service.rooms.chatId!, userOf(name))).toBe("join");
   });
 
   it("!hive agent remove without --yes asks and changes nothing; with --yes it removes", async () => {
@@ -166,6 +216,9 @@ describe("the hive, run from the control room", () => {
     const status = await reply(await say(operator, controlRoom, "!hive status"));
     expect(String(status.content.body)).toContain(run.service.rooms.spaceId!);
     expect(String(status.content.body)).toContain(run.service.rooms.chatId!);
+    // The aliases too: the way in for clients that cannot join a version 12 room (the Space) by its ID.
+    expect(String(status.content.body)).toContain(`#${config.rooms.space.alias}:${env.synapse.serverName}`);
+    expect(String(status.content.body)).toContain(`#${config.rooms.chat.alias}:${env.synapse.serverName}`);
     const reports = (await timeline(operator, controlRoom)).filter(
       (e) => e.sender === run.service.botUserId && /onboarded/i.test(String(e.content.body)),
     );

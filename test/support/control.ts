@@ -41,6 +41,7 @@ export function agentView(name: string, state: AgentState = "joined", extra: Par
     name,
     userId: `@agent-${name}:${DOMAIN}`,
     state,
+    stateDir: `/srv/agents/${name}/state`,
     tokenFile: state === "joined" ? "ok" : "missing",
     rooms: state === "joined" ? ["hive", "hive-chat"] : [],
     source: "discovered",
@@ -100,7 +101,14 @@ export class RecordingApi implements HiveApi {
       version: "0.1.0",
       uptimeSeconds: 3725,
       agents: { joined: 1, failed: 1 },
-      rooms: { spaceId: "!space:hive.test", chatId: "!chat:hive.test", controlRoomId: ROOM },
+      // The Space as current Synapse makes it: room version 12, an ID of 43 characters without a server part.
+      rooms: {
+        spaceId: "!Rm9vYmFyYmF6cXV4cXV1eHF1dXpjb3JnZ3JhdWx0Z2F",
+        chatId: "!chat:hive.test",
+        controlRoomId: ROOM,
+        spaceAlias: `#hive:${DOMAIN}`,
+        chatAlias: `#hive-chat:${DOMAIN}`,
+      },
       lastReconcile: { at: Date.now() - 120_000, changes: 2, problems: ["hive-chat: <power> levels"] },
     };
   }

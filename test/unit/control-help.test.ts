@@ -30,7 +30,8 @@ describe("help generated from the table", () => {
       const u = usage(path, command);
       expect(o.text).toContain(u);
       expect(o.html).toContain(u.replace(/</g, "&lt;").replace(/>/g, "&gt;"));
-      expect(o.text).toContain(command.summary);
+      // The plain table wraps summaries at 80 columns.
+      expect(o.text.replace(/\s+/g, " ")).toContain(command.summary);
     }
     expect(o.html).toMatch(/^<p>.*<\/p><table>/);
   });

@@ -8,14 +8,27 @@ import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { CommandError } from "../../src/control/api";
 import { ControlRoom, type Outcome } from "../../src/control";
-import { para } from "../../src/control/render";
-import type { CommandDef } from "../../src/control/table";
+import { para, PLAIN_WIDTH } from "../../src/control/render";
+import { COMMANDS } from "../../src/control/commands";
+import { leaves, type CommandDef } from "../../src/control/table";
 import { createLogger } from "../../src/logging";
 import { HomeserverUnreachableError } from "../../src/matrix/transport";
 import { Metrics } from "../../src/metrics";
 import { StateStore } from "../../src/store/state-store";
 import type { MatrixEvent } from "../../src/store/transactions";
-import { BOT, FakeBot, foreignTags, isHiveUser, message, OPERATOR, RecordingApi, ROOM, STRANGER, testConfig } from "../support/control";
+import {
+  agentView,
+  BOT,
+  FakeBot,
+  foreignTags,
+  isHiveUser,
+  message,
+  OPERATOR,
+  RecordingApi,
+  ROOM,
+  STRANGER,
+  testConfig,
+} from "../support/control";
 import { captureLogs } from "../support/logs";
 import { tempDir } from "../support/tmp";
 
@@ -68,6 +81,11 @@ async function setup(
     return event.event_id ? outcomes.get(event.event_id) : undefined;
   };
   return { control, bot, api, config, state, outcomes, logs: lines, metrics, send };
+}
+
+/** A plain body with every run of white space as one space: bodies are wrapped at 80 columns. */
+function flat(body: unknown): string {
+  return String(body).replace(/\s+/g, " ");
 }
 
 function only<T>(items: T[]): T {
@@ -220,7 +238,8 @@ describe("confirmation of destructive commands", () => {
     expect(await s.send(e)).toEqual({ kind: "confirm", command: "agent remove" });
     expect(s.api.mutations()).toEqual([]);
     expect(only(s.bot.repliesTo(e.event_id!)).content.body).toBe(
-      "This logs out `@agent-x:hive.test` (its token stops working) and makes it leave the hive rooms. Its account is kept.\n\n" +
+      // Wrapped at 80 columns for text clients.
+      "This logs out `@agent-x:hive.test` (its token stops working) and makes it leave\nthe hive rooms. Its account is kept.\n\n" +
         "Send `!hive agent remove x --yes` to confirm.",
     );
   });
@@ -238,7 +257,7 @@ describe("confirmation of destructive commands", () => {
     const e = message("!hive agent rotate bee");
     expect(await s.send(e)).toEqual({ kind: "confirm", command: "agent rotate" });
     expect(s.api.mutations()).toEqual([]);
-    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+    expect(flat(only(s.bot.repliesTo(e.event_id!)).content.body)).toMatch(
       /logs out `@agent-bee:hive.test`.*writes a new token to `\/srv\/agents\/bee\/state\/matrix-token`[\s\S]*Send `!hive agent rotate bee --yes` to confirm\./,
     );
   });
@@ -286,7 +305,7 @@ describe("replies", () => {
     s.api.failWith = new HomeserverUnreachableError("http://hs", "ECONNREFUSED");
     const e = message("!hive sync");
     await s.send(e);
-    expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
+    expect(flat(only(s.bot.repliesTo(e.event_id!)).content.body)).toMatch(
       /the homeserver is unreachable \(ECONNREFUSED\)\. Try again when it is back\./,
     );
   });
@@ -303,7 +322,8 @@ describe("replies", () => {
     const e = message("!hive agents");
     await s.send(e);
     const reply = only(s.bot.repliesTo(e.event_id!));
-    expect(reply.content.body).toMatch(/bee\s+`@agent-bee:hive.test`\s+failed \(token file not writable <b>\)/);
+    // Too wide for 80 columns as a table: one block per agent.
+    expect(reply.content.body).toMatch(/\nbee\n {2}User: `@agent-bee:hive.test`\n {2}State: failed \(token file not writable <b>\)\n/);
     expect(reply.content.formatted_body).toContain("failed (token file not writable &lt;b&gt;)");
     expect(foreignTags(String(reply.content.formatted_body))).toEqual([]);
   });
@@ -385,7 +405,10 @@ describe("commands render what the api says", () => {
     await s.send(e);
     const body = String(only(s.bot.repliesTo(e.event_id!)).content.body);
     expect(body).toMatch(/Homeserver\s+`http:\/\/127.0.0.1:8008` reachable \(Synapse 1.x\)/);
-    expect(body).toMatch(/Ping \(homeserver → appservice\)\s+ok, 12 ms/);
+    expect(body).toMatch(/Homeserver ping\s+ok, 12 ms/);
+    // The alias first (what a client joins by), then the ID, wrapped under it to stay in 80 columns.
+    expect(body).toMatch(/\nSpace\s+`#hive:hive.test`\n\s+`!Rm9v\w+`\n/);
+    expect(body).toMatch(/\nhive-chat\s+`#hive-chat:hive.test` `!chat:hive.test`\n/);
     expect(body).toMatch(/hive-matrix\s+0.1.0, up 1 h 2 min/);
     expect(body).toMatch(/Agents\s+2: 1 joined, 1 failed/);
     expect(body).toMatch(/Control room\s+`!control:hive.test`/);
@@ -421,7 +444,63 @@ describe("commands render what the api says", () => {
     await s.send(e);
     expect(s.api.mutations()).toEqual([{ method: "addAgent", args: ["newbie"] }]);
     expect(only(s.bot.repliesTo(e.event_id!)).content.body).toMatch(
-      /^Added agent `newbie` \(`@agent-newbie:hive.test`\)\.[\s\S]*State\s+joined/,
+      /^Added agent `newbie` \(`@agent-newbie:hive.test`\): its token is written[\s\S]*State\s+joined/,
     );
+  });
+});
+
+describe("plain bodies", () => {
+  /** Every command as an operator would send it, its help, its confirmation and its result. */
+  function everyCommand(table: readonly CommandDef[]): string[] {
+    const sample: Record<string, string> = { name: "longname9", "user-id": "@someone.else:hive.test" };
+    return leaves(table).flatMap(({ path, command }) => {
+      const args = (command.args ?? []).filter((a) => !a.optional).map((a) => sample[a.name] ?? "x");
+      const line = ["!hive", ...path, ...args].join(" ");
+      const flags = (command.flags ?? []).map((f) => (f.choices ? `--${f.name}=${f.choices[0]}` : `--${f.name}`));
+      return [
+        line,
+        `${line} ${flags.join(" ")}`.trim(),
+        ...(command.confirm ? [`${line} --yes`] : []),
+        `!hive help ${path.join(" ")}`,
+        `!hive help ${path[0]}`,
+      ];
+    });
+  }
+
+  it(`every command's plain reply fits ${PLAIN_WIDTH} columns; the HTML keeps its tables`, async () => {
+    // The longest names the defaults allow, an agent without a state dir, one that failed with a long reason.
+    const api = new RecordingApi([
+      agentView("longname9"),
+      agentView("nodir0001", "registered", { tokenFile: "none", rooms: [], source: "command" }),
+      agentView("failed001", "failed", {
+        reason: "@agent-failed001:hive.test is not in the registration's user namespace, so the homeserver will refuse it",
+      }),
+    ]);
+    const s = await setup({ api });
+    const lines = [
+      "!hive",
+      "!hive help",
+      "!hive nonsense",
+      "!hive agent info nobody",
+      "!hive agent add BAD NAME",
+      ...everyCommand(COMMANDS),
+    ];
+    for (const line of lines) {
+      api.reset();
+      api.progressLines = ["provisioning longname9: registering, writing its token, restarting its daemon and more words"];
+      const e = message(line);
+      await s.send(e);
+      const replies = s.bot.repliesTo(e.event_id!);
+      expect(replies.length).toBeGreaterThan(0);
+      for (const reply of replies) {
+        const shown = (reply.content["m.new_content"] as Record<string, unknown> | undefined) ?? reply.content;
+        const body = String(shown.body);
+        const wide = body.split("\n").filter((l) => Array.from(l).length > PLAIN_WIDTH);
+        expect({ line, wide }).toEqual({ line, wide: [] });
+      }
+    }
+    const help = message("!hive help");
+    await s.send(help);
+    expect(String(only(s.bot.repliesTo(help.event_id!)).content.formatted_body)).toMatch(/^<p>.*<\/p><table><thead><tr><th>Command<\/th>/);
   });
 });

@@ -1,5 +1,5 @@
 /** Plain and HTML bodies built together; everything from users and agents is escaped. */
-import { blocks, code, escapeHtml, list, para, r, sanitize, table, text, truncate } from "../../src/control/render";
+import { blocks, code, escapeHtml, fitPlain, list, para, PLAIN_WIDTH, r, sanitize, table, text, truncate } from "../../src/control/render";
 import { editContent, noticeContent } from "../../src/control/replies";
 import { foreignTags } from "../support/control";
 
@@ -45,6 +45,38 @@ describe("HTML escaping", () => {
     expect(t.html).toBe(
       "<table><thead><tr><th>Name</th><th>State</th></tr></thead><tbody><tr><td>x</td><td>joined</td></tr><tr><td>longer</td><td>failed</td></tr></tbody></table>",
     );
+  });
+
+  it("a plain table wider than 80 columns wraps its last column beside the others; the HTML is the same table", () => {
+    const long = "word ".repeat(30).trim();
+    const t = table(["Key", "Value"], [["k", long]]);
+    const lines = t.text.split("\n");
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(PLAIN_WIDTH);
+    expect(lines[2]).toMatch(/^k {4}word word/);
+    expect(lines.slice(3).every((l) => l.startsWith("     word"))).toBe(true);
+    expect(lines.slice(2).join(" ").replace(/\s+/g, " ")).toBe(`k ${long}`);
+    expect(t.html).toBe(
+      `<table><thead><tr><th>Key</th><th>Value</th></tr></thead><tbody><tr><td>k</td><td>${long}</td></tr></tbody></table>`,
+    );
+  });
+
+  it("when the other columns leave the last one too little room, each row becomes a block of `Header: value` lines", () => {
+    const wide = "x".repeat(70);
+    const t = table(["Name", "Wide", "State"], [["a", wide, "joined"]]);
+    expect(t.text).toBe(`a\n  Wide: ${wide}\n  State: joined`);
+    expect(t.html).toContain("<th>Wide</th>");
+  });
+
+  it("fitPlain wraps long lines at 80 columns, list items under their text, and leaves short ones alone", () => {
+    const words = "lorem ipsum ".repeat(12).trim();
+    const out = fitPlain(`short\n- ${words}\n${words}`);
+    const lines = out.split("\n");
+    expect(lines[0]).toBe("short");
+    expect(lines.every((l) => l.length <= PLAIN_WIDTH)).toBe(true);
+    expect(lines[1].startsWith("- lorem")).toBe(true);
+    expect(lines[2].startsWith("  ")).toBe(true);
+    expect(out.replace(/\s+/g, " ")).toBe(`short - ${words} ${words}`);
+    expect(fitPlain("x".repeat(90))).toBe("x".repeat(90));
   });
 });
 

@@ -1,6 +1,6 @@
 import { join as joinPath } from "node:path";
 import { CommandError, type AgentView, type HiveApi } from "../api";
-import { blocks, code, duration, para, r, table, type Rich } from "../render";
+import { blocks, code, duration, list, para, r, table, type Rich } from "../render";
 import { PREFIX, type CommandContext, type GroupCommand, type LeafCommand } from "../table";
 import { agentNameArg } from "./checks";
 import { roomsCell, stateCell } from "./agents";
@@ -11,13 +11,23 @@ function existing(api: HiveApi, name: string): AgentView {
   return agent;
 }
 
+function tokenPath(agent: AgentView): string {
+  return joinPath(agent.stateDir, "matrix-token");
+}
+
+function tokenCell(agent: AgentView): Rich {
+  if (agent.tokenFile === "ok") return code(tokenPath(agent));
+  if (agent.tokenFile === "missing") return r`not written yet (${code(tokenPath(agent))})`;
+  return r`none: no state dir yet (${code(agent.stateDir)})`;
+}
+
 export function renderAgent(agent: AgentView, now = Date.now()): Rich {
   return table(
     ["", agent.name],
     [
       ["User", code(agent.userId)],
       ["State", stateCell(agent)],
-      ["Token file", agent.tokenFile],
+      ["Token file", tokenCell(agent)],
       ["Rooms", roomsCell(agent)],
       ["Source", agent.source],
       ["Updated", `${duration((now - agent.updatedAt) / 1000)} ago`],
@@ -25,16 +35,38 @@ export function renderAgent(agent: AgentView, now = Date.now()): Rich {
   );
 }
 
-function outcome(verb: string, agent: AgentView): Rich {
-  const head =
+/** What an agent without a state dir gets, and when: said in the confirmation and in the result. */
+function noStateDir(agent: AgentView): Rich {
+  return para(
+    r`It has no state dir yet (${code(agent.stateDir)}), so no token file is written now. `,
+    r`Its token is written to ${code(tokenPath(agent))}, and its daemon restarted, as soon as that dir appears.`,
+  );
+}
+
+function outcome(head: Rich, agent: AgentView, reconcileInterval: number): Rich {
+  const problems = agent.roomProblems ?? [];
+  const retry =
+    reconcileInterval > 0
+      ? `It runs again on its own (on every change, and every ${duration(reconcileInterval)})`
+      : "It runs again on every change";
+  return blocks(
     agent.state === "failed"
       ? para(r`Agent ${code(agent.name)} (${code(agent.userId)}) failed: ${agent.reason ?? "no reason given"}.`)
-      : para(r`${verb} agent ${code(agent.name)} (${code(agent.userId)}).`);
-  return blocks(head, renderAgent(agent));
+      : para(head),
+    agent.tokenFile === "none" && agent.state !== "removed" ? noStateDir(agent) : undefined,
+    problems.length > 0 ? para("The rooms reconcile that followed did not finish:") : undefined,
+    problems.length > 0 ? list(problems) : undefined,
+    problems.length > 0 ? para(`${retry}; new problems are reported in this room.`) : undefined,
+    renderAgent(agent),
+  );
 }
 
 function tokenFile(ctx: CommandContext, name: string): string {
   return joinPath(ctx.config.agents.stateRoot, name, "state", "matrix-token");
+}
+
+function interval(ctx: CommandContext): number {
+  return ctx.config.rooms.reconcileIntervalSeconds;
 }
 
 const info: LeafCommand = {
@@ -56,7 +88,9 @@ const add: LeafCommand = {
   args: [agentNameArg],
   progress: true,
   async run(ctx) {
-    return outcome("Added", await ctx.api.addAgent(ctx.arg("name"), (line) => ctx.progress(line)));
+    const agent = await ctx.api.addAgent(ctx.arg("name"), (line) => ctx.progress(line));
+    const what = agent.tokenFile === "none" ? "its account is registered" : "its token is written and its daemon restarted";
+    return outcome(r`Added agent ${code(agent.name)} (${code(agent.userId)}): ${what}.`, agent, interval(ctx));
   },
 };
 
@@ -82,7 +116,8 @@ const remove: LeafCommand = {
     return para(what, " Its account is kept.");
   },
   async run(ctx) {
-    return outcome("Removed", await ctx.api.removeAgent(ctx.arg("name")));
+    const agent = await ctx.api.removeAgent(ctx.arg("name"));
+    return outcome(r`Removed agent ${code(agent.name)} (${code(agent.userId)}).`, agent, interval(ctx));
   },
 };
 
@@ -93,12 +128,26 @@ const rotate: LeafCommand = {
   args: [agentNameArg],
   confirm(ctx) {
     const agent = existing(ctx.api, ctx.arg("name"));
+    if (agent.tokenFile === "none") {
+      return blocks(
+        para(
+          r`Agent ${code(agent.name)} has no state dir yet (${code(agent.stateDir)}), so there is no token to replace: `,
+          r`this only checks its account ${code(agent.userId)}; nothing is logged out and no token file is written.`,
+        ),
+        para(r`Its token is written to ${code(tokenFile(ctx, agent.name))} as soon as that dir appears.`),
+      );
+    }
     return para(
       r`This logs out ${code(agent.userId)} (its current token stops working), writes a new token to ${code(tokenFile(ctx, agent.name))} and restarts its daemon.`,
     );
   },
   async run(ctx) {
-    return outcome("Rotated the token of", await ctx.api.rotateAgent(ctx.arg("name")));
+    const agent = await ctx.api.rotateAgent(ctx.arg("name"));
+    const head =
+      agent.tokenFile === "none"
+        ? r`Checked the account of agent ${code(agent.name)} (${code(agent.userId)}); no token was rotated.`
+        : r`Rotated the token of agent ${code(agent.name)} (${code(agent.userId)}): the old one is logged out, the new one written.`;
+    return outcome(head, agent, interval(ctx));
   },
 };
 

@@ -6,8 +6,10 @@ function ago(at: number, now: number): string {
   return `${duration((now - at) / 1000)} ago`;
 }
 
-function roomCell(id: string | undefined): Rich {
-  return id ? code(id) : text("(not set up)");
+/** The alias first: it is what a user joins by (a version 12 room ID has no server to join through). */
+function roomCell(id: string | undefined, alias?: string): Rich {
+  if (!id) return text(alias ? `(not set up; will be ${alias})` : "(not set up)");
+  return alias ? concat(code(alias), " ", code(id)) : code(id);
 }
 
 export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
@@ -32,11 +34,11 @@ export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
         s.homeserver.version ? ` (${s.homeserver.version})` : "",
       ),
     ],
-    ["Ping (homeserver → appservice)", ping],
+    ["Homeserver ping", ping],
     ["hive-matrix", text(`${s.version}, up ${duration(s.uptimeSeconds)}`)],
     ["Agents", text(total === 0 ? "none" : `${total}: ${counts.join(", ")}`)],
-    ["Space", roomCell(s.rooms.spaceId)],
-    ["hive-chat", roomCell(s.rooms.chatId)],
+    ["Space", roomCell(s.rooms.spaceId, s.rooms.spaceAlias)],
+    ["hive-chat", roomCell(s.rooms.chatId, s.rooms.chatAlias)],
     ["Control room", roomCell(s.rooms.controlRoomId)],
     ["Last reconcile", reconcile],
   ];
