@@ -3,6 +3,8 @@
  * .synapse-venv by scripts/synapse-install.sh), writes a config and registration into .dev/,
  * creates two demo agent state dirs and an operator account, and runs hive-matrix against it.
  * Everything lives under .dev/ and is reused on the next start; delete it for a fresh hive.
+ * The banner with the login comes once the hive can be used (control room, rooms, demo agents
+ * joined), after the startup logs, so it is not scrolled away; the URL stays the same between runs.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -11,21 +13,65 @@ import { parseConfig } from "../src/config/load";
 import { createLogger } from "../src/logging";
 import { writeRegistration } from "../src/registration";
 import { HiveMatrixService } from "../src/service";
-import { freePort, registerUser, startSynapse, SynapseHttpError } from "./synapse";
+import { freePort, isPortFree, registerUser, startSynapse, SynapseHttpError } from "./synapse";
 
 const ROOT = resolve(__dirname, "..");
 const DEV = join(ROOT, ".dev");
 
+/** The ports a fresh dev hive uses when they are free: the defaults of Synapse and of hive-matrix's config. */
+const DEFAULT_PORTS = { synapse: 8008, appservice: 9010 };
+/** How long the banner waits for the hive before it is printed with what is still missing. */
+const READY_TIMEOUT_MS = 120_000;
+const DEMO_AGENTS = ["alpha", "beta"];
+
+type Ports = typeof DEFAULT_PORTS;
+const LABEL: Record<keyof Ports, string> = { synapse: "Synapse", appservice: "hive-matrix" };
+
+/**
+ * The same URL on every run: the ports of the last run, else the defaults, each when free; a port
+ * taken by something else falls back to a free one (and says so).
+ */
+async function choosePorts(file: string): Promise<Ports> {
+  const saved = existsSync(file) ? (JSON.parse(readFileSync(file, "utf8")) as Partial<Ports>) : {};
+  const chosen = { ...DEFAULT_PORTS };
+  for (const key of Object.keys(DEFAULT_PORTS) as (keyof Ports)[]) {
+    const candidates = [...new Set([saved[key], DEFAULT_PORTS[key]].filter((p): p is number => typeof p === "number"))];
+    let port: number | undefined;
+    for (const candidate of candidates) if (port === undefined && (await isPortFree(candidate))) port = candidate;
+    if (port === undefined) {
+      port = await freePort();
+      process.stdout.write(`port ${candidates.join(" and ")} is taken; ${LABEL[key]} listens on ${port} instead\n`);
+    }
+    chosen[key] = port;
+  }
+  writeFileSync(file, JSON.stringify(chosen));
+  return chosen;
+}
+
+/** What the hive still lacks before an operator can use it; empty when it is ready. */
+function missing(service: HiveMatrixService): string[] {
+  const lacks: string[] = [];
+  if (!service.isReady()) lacks.push("the service is starting");
+  if (!service.control.roomId) lacks.push("the control room");
+  if (!service.rooms.spaceId || !service.rooms.chatId) lacks.push("the Space and hive-chat");
+  for (const name of DEMO_AGENTS) {
+    if (service.agents.records.get(name)?.state !== "joined") lacks.push(`agent ${name} joined to the rooms`);
+  }
+  return lacks;
+}
+
+async function waitReady(service: HiveMatrixService): Promise<string[]> {
+  const end = Date.now() + READY_TIMEOUT_MS;
+  while (missing(service).length > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
+  return missing(service);
+}
+
 async function main(): Promise<void> {
   mkdirSync(DEV, { recursive: true, mode: 0o700 });
-  const portsFile = join(DEV, "ports.json");
-  const ports = existsSync(portsFile)
-    ? (JSON.parse(readFileSync(portsFile, "utf8")) as { synapse: number; appservice: number })
-    : { synapse: await freePort(), appservice: await freePort() };
-  writeFileSync(portsFile, JSON.stringify(ports));
+  const ports = await choosePorts(join(DEV, "ports.json"));
   const domain = "hive.localhost";
   const stateRoot = join(DEV, "agents");
-  for (const name of ["alpha", "beta"]) mkdirSync(join(stateRoot, name, "state"), { recursive: true });
+  for (const name of DEMO_AGENTS) mkdirSync(join(stateRoot, name, "state"), { recursive: true });
   const raw = {
     homeserver: { url: `http://127.0.0.1:${ports.synapse}`, domain },
     appservice: { port: ports.appservice, url: `http://127.0.0.1:${ports.appservice}`, registration: join(DEV, "registration.yaml") },
@@ -38,7 +84,7 @@ async function main(): Promise<void> {
   const config = parseConfig(raw, join(DEV, "config.yaml"));
   const { registration } = writeRegistration(config, config.appservice.registration);
 
-  process.stdout.write(`starting Synapse on 127.0.0.1:${ports.synapse} (first run installs it from PyPI, ~30 s)\n`);
+  process.stdout.write(`starting Synapse on 127.0.0.1:${ports.synapse} (the first run installs it from PyPI, under a minute)\n`);
   const synapse = await startSynapse({
     baseDir: join(DEV, "synapse"),
     serverName: domain,
@@ -53,7 +99,10 @@ async function main(): Promise<void> {
   }
   const { logger, scrubber } = createLogger({ level: "info", pretty: true });
   const service = new HiveMatrixService({ config, registration, logger, scrubber });
+  let stopping = false;
   const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
     void service
       .stop()
       .then(() => synapse.stop())
@@ -62,15 +111,25 @@ async function main(): Promise<void> {
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
   await service.start();
+  const lacking = await waitReady(service);
+  // The pretty log stream writes asynchronously: let it drain, so that the banner comes last.
+  await new Promise((r) => setTimeout(r, 300));
+  if (stopping) return;
+  const alias = (key: "space" | "chat"): string => service.rooms.aliases[key] ?? "(no alias)";
   process.stdout.write(
     [
       "",
-      "hive-matrix dev hive is running.",
-      `  homeserver   ${synapse.url}  (server name ${domain})`,
-      `  operator     @operator:${domain}  password: ${password}`,
-      `  config       ${join(DEV, "config.yaml")}`,
-      `  demo agents  ${stateRoot}/{alpha,beta}/state`,
-      `  health       http://127.0.0.1:${ports.appservice}/health`,
+      lacking.length === 0
+        ? "hive-matrix dev hive is ready."
+        : `hive-matrix dev hive is running, but after ${READY_TIMEOUT_MS / 1000} s it still lacks: ${lacking.join(", ")} (see the log above).`,
+      `  homeserver    ${synapse.url}  (server name ${domain})`,
+      `  operator      @operator:${domain}  password: ${password}`,
+      `  control room  ${service.control.roomId ?? "(not yet)"}  (you are invited; send !hive help)`,
+      `  Space         ${alias("space")}  ${service.rooms.spaceId ?? ""}`,
+      `  hive-chat     ${alias("chat")}  ${service.rooms.chatId ?? ""}`,
+      `  demo agents   ${stateRoot}/{${DEMO_AGENTS.join(",")}}/state`,
+      `  config        ${join(DEV, "config.yaml")}`,
+      `  health        http://127.0.0.1:${ports.appservice}/health`,
       "Log in with any Matrix client at the homeserver URL. Ctrl-C stops both.",
       "",
     ].join("\n"),

@@ -101,6 +101,15 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** Whether `port` on 127.0.0.1 can be listened on now. */
+export function isPortFree(port: number): Promise<boolean> {
+  return new Promise((resolveFree) => {
+    const srv = createServer();
+    srv.once("error", () => resolveFree(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => resolveFree(true)));
+  });
+}
+
 export function venvDir(): string {
   return process.env.HIVE_MATRIX_SYNAPSE_VENV ?? join(REPO_ROOT, ".synapse-venv");
 }
@@ -111,7 +120,7 @@ export function venvDir(): string {
  */
 export async function ensureSynapseVenv(): Promise<string> {
   const venv = await new Promise<string>((resolveVenv, reject) => {
-    // stderr passes through: a first install takes ~30 s and says so.
+    // stderr passes through: a first install takes up to a minute and says so.
     const child = spawn("bash", [INSTALL_SCRIPT], {
       env: { ...process.env, HIVE_MATRIX_SYNAPSE_VENV: venvDir() },
       stdio: ["ignore", "pipe", "inherit"],

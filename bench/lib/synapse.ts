@@ -21,7 +21,7 @@ export interface BenchSynapse {
   startupMs: number;
 }
 
-/** The older flow's prerequisites (SPEC: "a shared registration token ... through UIAA"). */
+/** The older flow's prerequisites (docs/architecture.md: "a shared registration token and registered every agent through UIAA"). */
 const LEGACY_REGISTRATION = {
   enable_registration: true,
   enable_registration_without_verification: true,

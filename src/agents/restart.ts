@@ -1,7 +1,7 @@
 /**
  * Restarting an agent's daemon after its token file changed: an argv template, no shell, so an
  * agent name can never inject anything. A failure is reported to the caller as a warning, never
- * thrown: the agent's own path-watcher brings the daemon up anyway (SPEC).
+ * thrown: the agent's own path-watcher brings the daemon up anyway (docs/architecture.md).
  */
 import { spawn } from "node:child_process";
 

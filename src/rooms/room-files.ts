@@ -1,6 +1,6 @@
 /**
  * What the rooms keep in the state dir: the two room IDs (`space-id`, `hive-chat-id`, one line
- * each, names fixed by SPEC.md) and `rooms.json`, the operators who left and are not to be
+ * each, names fixed by docs/architecture.md) and `rooms.json`, the operators who left and are not to be
  * invited again until someone asks. A present, non-empty ID file is trusted as it is, also when an
  * older deployment wrote it; it is only ever written after this service created the room.
  */

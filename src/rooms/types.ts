@@ -11,7 +11,7 @@ export const ROOM_KEYS: readonly RoomKey[] = ["space", "chat"];
 /** How rooms are named in logs, reports and problems. */
 export const ROOM_LABEL: Record<RoomKey, string> = { space: "Space", chat: "hive-chat" };
 
-/** State-dir files holding the room IDs (names fixed by SPEC.md). */
+/** State-dir files holding the room IDs (names fixed by docs/architecture.md). */
 export const ROOM_ID_FILE: Record<RoomKey, string> = { space: "space-id", chat: "hive-chat-id" };
 
 export type Content = Record<string, unknown>;

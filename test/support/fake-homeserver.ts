@@ -1,6 +1,6 @@
 /**
  * A minimal homeserver stand-in for unit tests of pure logic. It behaves like Synapse or like
- * tuwunel where SPEC.md says they differ: tuwunel answers M_EXCLUSIVE instead of M_FORBIDDEN,
+ * tuwunel where docs/architecture.md says they differ: tuwunel answers M_EXCLUSIVE instead of M_FORBIDDEN,
  * lower-cases usernames, and sends the hs_token both as a Bearer header and as a query parameter.
  * End-to-end behaviour is proven against a real Synapse in test/e2e.
  */
