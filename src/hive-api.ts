@@ -72,7 +72,7 @@ export class ServiceHiveApi implements HiveApi {
         ? `provisioning ${name}: registering, writing its token, restarting its daemon…`
         : `registering ${name} (it has no state dir yet, so no token is written)…`,
     );
-    const record = await this.deps.agents.add(name).catch(asCommandError);
+    const record = await this.deps.agents.add(name).catch(this.failed(name));
     progress?.(`${name}: ${record.state.replace("_", " ")}; joining the hive rooms…`);
     return this.afterChange(name, record, `agent ${name} added by command`);
   }
@@ -83,8 +83,20 @@ export class ServiceHiveApi implements HiveApi {
   }
 
   async rotateAgent(name: string): Promise<AgentView> {
-    const record = await this.deps.agents.rotate(name).catch(asCommandError);
+    const record = await this.deps.agents.rotate(name).catch(this.failed(name));
     return this.afterChange(name, record, `agent ${name} rotated by command`);
+  }
+
+  /** A failure that the manager retries by itself is said to be in progress, not final. */
+  private failed(name: string): (err: unknown) => never {
+    return (err) => {
+      if (!(err instanceof AgentError) || !this.deps.agents.isRetrying(name)) asCommandError(err);
+      const hasDir = existsSync(agentStateDir(this.deps.service.config, name));
+      throw new CommandError(
+        `${err.message}. That is trouble on the homeserver's side: it is retried on its own, with backoff` +
+          (hasDir ? "; this room is told when the agent is onboarded." : `; \`!hive agent info ${name}\` shows how it goes.`),
+      );
+    };
   }
 
   /**

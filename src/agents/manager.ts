@@ -121,6 +121,11 @@ export class AgentManager extends EventEmitter {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /** Whether a retry of `name` is waiting on its timer (it failed on homeserver trouble). */
+  isRetrying(name: string): boolean {
+    return this.retryTimers.has(name);
+  }
+
   userId(name: string): string {
     return agentUserId(this.deps.config, name);
   }

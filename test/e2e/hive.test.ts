@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { COMMANDS } from "../../src/control/commands";
+import { PLAIN_WIDTH } from "../../src/control/render";
 import { leaves } from "../../src/control/table";
 import { HiveMatrixClient } from "../../src/matrix/client";
 import { loadRegistration } from "../../src/registration";
@@ -88,6 +89,13 @@ describe("the hive, run from the control room", () => {
       expect(String(help.content.body)).toContain(`!hive ${command}`);
     }
     expect(String(help.content.formatted_body)).toContain("<code>");
+    // What a text client shows: at most 80 columns (the HTML keeps the table).
+    expect(
+      String(help.content.body)
+        .split("\n")
+        .filter((l) => l.length > PLAIN_WIDTH),
+    ).toEqual([]);
+    expect(String(help.content.formatted_body)).toContain("<table>");
   });
 
   it("!hive agents lists the provisioned agents with their state", async () => {

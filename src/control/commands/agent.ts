@@ -83,7 +83,7 @@ const add: LeafCommand = {
   name: "add",
   summary: "Provision an agent now: its user, token file, daemon restart and rooms.",
   details:
-    "Agents whose state dir exists are provisioned on their own; this is for one that should be provisioned before its state dir appears, or again after a failure.",
+    "Agents whose state dir exists are provisioned on their own; this is for one that should be provisioned before its state dir appears, or again after a failure. Without a state dir the account is registered and joined to the rooms, and the token is written (and the daemon restarted) as soon as the dir appears. The answer comes once the agent is in the rooms.",
   permission: "operator",
   args: [agentNameArg],
   progress: true,
@@ -124,6 +124,8 @@ const remove: LeafCommand = {
 const rotate: LeafCommand = {
   name: "rotate",
   summary: "Give an agent a new access token: log out the old one, write the token file, restart its daemon.",
+  details:
+    "An agent without a state dir has no token to replace: then only its account is checked, nothing is logged out, and the confirmation says so.",
   permission: "operator",
   args: [agentNameArg],
   confirm(ctx) {

@@ -9,6 +9,11 @@ export function stateCell(agent: AgentView): Rich {
   return text(agent.reason ? `${agent.state} (${agent.reason})` : agent.state);
 }
 
+/** "none" would read as "no token"; the point is that there is nowhere to write one yet. */
+export function tokenFileCell(agent: AgentView): string {
+  return agent.tokenFile === "none" ? "no state dir" : agent.tokenFile;
+}
+
 export function roomsCell(agent: AgentView): Rich {
   return text(agent.rooms.length > 0 ? agent.rooms.join(", ") : "none");
 }
@@ -28,7 +33,7 @@ export const agents: LeafCommand = {
       );
     }
     if (shown.length === 0) return para(r`No agent is ${code(wanted ?? "")} (of ${plural(all.length, "agent")}).`);
-    const rows = shown.slice(0, MAX_ROWS).map((a) => [a.name, code(a.userId), stateCell(a), a.tokenFile, roomsCell(a)]);
+    const rows = shown.slice(0, MAX_ROWS).map((a) => [a.name, code(a.userId), stateCell(a), tokenFileCell(a), roomsCell(a)]);
     return blocks(
       para(wanted ? `${plural(shown.length, "agent")} ${wanted} (of ${all.length}):` : `${plural(shown.length, "agent")}:`),
       table(["Name", "User", "State", "Token file", "Rooms"], rows),
