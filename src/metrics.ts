@@ -35,7 +35,9 @@ export class Metrics {
 
   readonly transactions = new Counter({
     name: "hive_matrix_transactions_total",
-    help: "Transactions received from the homeserver by result (accepted, duplicate, rejected).",
+    help:
+      "Transactions received from the homeserver by result: accepted, reused_id (a known ID with other events, handled as new), " +
+      "duplicate (a replay, not handled again), rejected (malformed, refused), unauthorized.",
     labelNames: ["result"] as const,
     registers: [this.registry],
   });

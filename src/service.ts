@@ -12,6 +12,7 @@ import { ReconcileLoop } from "./rooms/loop";
 import { RoomsReconciler } from "./rooms/reconciler";
 import type { DesiredMembers, ReconcileReport } from "./rooms/types";
 import { createAppserviceApp } from "./appservice/http";
+import { TransactionIntake } from "./appservice/intake";
 import { EventQueue } from "./events";
 import { createLogger, errorFields, type Logger, type SecretScrubber } from "./logging";
 import { Metrics } from "./metrics";
@@ -47,6 +48,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly state: StateStore;
   readonly transactions: TransactionStore;
   readonly events: EventQueue;
+  private readonly intake: TransactionIntake;
   readonly agents: AgentManager;
   readonly rooms: RoomsReconciler;
   readonly roomsLoop: ReconcileLoop;
@@ -90,6 +92,7 @@ export class HiveMatrixService extends EventEmitter {
     this.state = new StateStore(this.config.stateDir);
     this.transactions = new TransactionStore(this.config.stateDir);
     this.events = new EventQueue(this.transactions, this.logger.child({ module: "events" }), this.metrics);
+    this.intake = new TransactionIntake(this.transactions, this.events, this.logger);
     this.agents = new AgentManager({
       config: this.config,
       registration: this.registration,
@@ -306,11 +309,9 @@ export class HiveMatrixService extends EventEmitter {
     const app = createAppserviceApp(
       {
         onTransaction: async (txnId, events, raw) => {
-          const entry = await this.transactions.accept(txnId, events, raw);
-          if (!entry) return "duplicate";
-          this.events.push(entry);
-          this.emit("transaction", txnId, events.length);
-          return "accepted";
+          const result = await this.intake.receive(txnId, events, raw);
+          if (result !== "duplicate") this.emit("transaction", txnId, events.length);
+          return result;
         },
         onUserQuery: (userId) => this.onUserQuery(userId),
         onPing: (transactionId) => {

@@ -11,10 +11,11 @@ import { authenticate } from "./auth";
 
 export interface AppserviceHandlers {
   /**
-   * Durably accepts a transaction; resolves "duplicate" when the txnId was seen before. `raw` is
-   * the body as received (UTF-8 JSON), so it can be stored without serialising the events again.
+   * Durably accepts a transaction; resolves "duplicate" for a replay (txnId and events seen before,
+   * not handled again) and "reused_id" for a known txnId with other events (handled as new). `raw`
+   * is the body as received (UTF-8 JSON), so it can be stored without serialising the events again.
    */
-  onTransaction(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<"accepted" | "duplicate">;
+  onTransaction(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<"accepted" | "duplicate" | "reused_id">;
   /** Whether the user exists or was just created (user query). */
   onUserQuery(userId: string): Promise<boolean>;
   /** Called when the homeserver pings us (POST /ping). */

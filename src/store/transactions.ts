@@ -11,9 +11,22 @@
  * their txnIds count as seen, so the homeserver's redelivery is acknowledged without being queued
  * twice. The journal is compacted to the most recent `capacity` txnIds plus unhandled entries.
  *
- * Journal lines: {"a":seq,"id":txnId,"e":[events]} accepted, {"d":seq} done, {"s":txnId} seen.
- * The older layout (transactions.log + inbox/) is migrated on open.
+ * A transaction is a replay only when its txnId AND its content match one seen before: a homeserver
+ * may number its transactions anew after a restart (Synapse on SQLite does when its queue was
+ * empty), so a known txnId with other events is a new transaction. The content is the transaction's
+ * events by event ID (`contentDigest`), not the body's bytes: a retry re-serialises the events
+ * (Synapse recomputes `unsigned.age` on every send) and leaves out ephemeral data, so the bytes of
+ * a true retry differ while its event IDs do not.
+ *
+ * Journal lines: {"a":seq,"id":txnId,"e":[events]} accepted (its digest is computed from the
+ * events on load), {"d":seq} done, {"s":txnId,"h":digest} seen. A seen line without "h" (written
+ * before digests were kept) says nothing about the content, so its txnId is not taken as seen: a
+ * transaction with that txnId is handled. Only a true retry of a transaction already compacted away
+ * before the upgrade could run twice; commands are de-duplicated by event ID (control/seen.ts) and
+ * the other handlers are idempotent, so that costs nothing. The older layout (transactions.log +
+ * inbox/) is migrated on open; the log's txnIds, which carry no content either, are not kept.
  */
+import { createHash } from "node:crypto";
 import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, rmSync, write } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
@@ -38,13 +51,35 @@ export interface InboxEntry {
   events: MatrixEvent[];
 }
 
+/**
+ * What `accept` made of a transaction: `accepted` (a new txnId), `reused_id` (a known txnId with
+ * other events: the homeserver numbered anew, handled as new), or `duplicate` (the same transaction
+ * again: acknowledge, do not handle).
+ */
+export type Intake = { result: "accepted" | "reused_id"; entry: InboxEntry } | { result: "duplicate" };
+
+/**
+ * The identity of a transaction's content: its events' IDs in order (an event without one by its
+ * JSON minus `unsigned`, which the homeserver recomputes per send). 128 bits of SHA-256, hex.
+ */
+export function contentDigest(events: readonly MatrixEvent[]): string {
+  const hash = createHash("sha256");
+  for (const event of events) {
+    if (typeof event.event_id === "string") hash.update(event.event_id);
+    else hash.update(JSON.stringify({ ...event, unsigned: undefined }));
+    // Neither an event ID nor JSON holds a raw newline, so this separates them unambiguously.
+    hash.update("\n");
+  }
+  return hash.digest("hex").slice(0, 32);
+}
+
 const eventsSchema = z.array(z.object({ type: z.string() }).passthrough());
 const lineSchema = z.union([
   z.object({ a: z.number().int(), id: z.string(), e: eventsSchema }),
   // The transaction body as the homeserver sent it: {"events": [...], ...}.
   z.object({ a: z.number().int(), id: z.string(), b: z.object({ events: eventsSchema }).passthrough() }),
   z.object({ d: z.number().int() }),
-  z.object({ s: z.string() }),
+  z.object({ s: z.string(), h: z.string().optional() }),
 ]);
 const legacyInboxSchema = z.object({ seq: z.number().int(), txnId: z.string(), events: eventsSchema });
 
@@ -55,6 +90,11 @@ const LEGACY_INBOX = "inbox";
 interface Waiter {
   resolve: () => void;
   reject: (err: unknown) => void;
+  /**
+   * Runs as soon as the line is on disk, before a compaction that may follow the same write: the
+   * bookkeeping of `accept` must be in memory by then, or the compacted journal would lack it.
+   */
+  written?: () => void;
 }
 
 function writeAll(fd: number, data: Buffer): Promise<void> {
@@ -88,12 +128,12 @@ function rawLine(entry: InboxEntry, raw: Buffer | undefined): Buffer | undefined
 }
 
 export class TransactionStore {
-  private readonly seen = new Set<string>();
-  private readonly order: string[] = [];
+  /** txnId → content digest; insertion order is recency (oldest first), which bounds it to `capacity`. */
+  private readonly seen = new Map<string, string>();
   /** Accepted and not yet done, by seq: what a compaction must keep. */
   private readonly unhandled = new Map<number, InboxEntry>();
   /** Transactions whose write is under way: a second delivery waits for it instead of being acknowledged early. */
-  private readonly inFlight = new Map<string, Promise<void>>();
+  private readonly inFlight = new Map<string, { written: Promise<void>; digest: string }>();
   private fd: number | null = null;
   private seq = 0;
   private lines = 0;
@@ -125,34 +165,39 @@ export class TransactionStore {
     return [...this.unhandled.values()].sort((a, b) => a.seq - b.seq);
   }
 
-  /** True when the transaction is durably known (or being written: `accept` then waits for that write). */
+  /** True when a transaction with this txnId is durably known (or being written) with known content. */
   has(txnId: string): boolean {
     return this.seen.has(txnId) || this.inFlight.has(txnId);
   }
 
   /**
-   * Makes the transaction durable; after this resolves, acknowledging it is safe. Resolves
-   * undefined for a transaction known already (after waiting for its write when one is under way).
+   * Makes the transaction durable unless it is a replay (same txnId, same events); after this
+   * resolves, acknowledging it is safe. A delivery of a transaction whose write is under way waits
+   * for that write.
    */
-  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<InboxEntry | undefined> {
+  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<Intake> {
     if (this.fd === null) throw new Error("transaction store is not open");
-    if (this.seen.has(txnId)) return undefined;
+    const digest = contentDigest(events);
     const writing = this.inFlight.get(txnId);
     if (writing) {
-      await writing;
-      return undefined;
+      await writing.written.catch(() => undefined);
+      if (writing.digest === digest && this.seen.get(txnId) === digest) return { result: "duplicate" };
     }
+    const known = this.seen.get(txnId);
+    if (known === digest) return { result: "duplicate" };
     const entry: InboxEntry = { seq: ++this.seq, txnId, events };
-    const written = this.enqueue(rawLine(entry, raw) ?? `${JSON.stringify({ a: entry.seq, id: txnId, e: events })}\n`);
-    this.inFlight.set(txnId, written);
+    const line = rawLine(entry, raw) ?? `${JSON.stringify({ a: entry.seq, id: txnId, e: events })}\n`;
+    const written = this.enqueue(line, () => {
+      this.remember(txnId, digest);
+      this.unhandled.set(entry.seq, entry);
+    });
+    this.inFlight.set(txnId, { written, digest });
     try {
       await written;
     } finally {
-      this.inFlight.delete(txnId);
+      if (this.inFlight.get(txnId)?.written === written) this.inFlight.delete(txnId);
     }
-    this.remember(txnId);
-    this.unhandled.set(entry.seq, entry);
-    return entry;
+    return { result: known === undefined ? "accepted" : "reused_id", entry };
   }
 
   /** Called once every event of the entry has been handled. */
@@ -174,8 +219,8 @@ export class TransactionStore {
     this.fd = null;
   }
 
-  private enqueue(line: string | Buffer): Promise<void> {
-    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+  private enqueue(line: string | Buffer, written?: () => void): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject, written }));
     this.queued.push(line);
     this.flushing ??= this.flush().finally(() => {
       this.flushing = undefined;
@@ -194,7 +239,10 @@ export class TransactionStore {
         await writeAll(this.fd, Buffer.concat(lines.map((l) => (typeof l === "string" ? Buffer.from(l, "utf8") : l))));
         this.flushes++;
         this.lines += lines.length;
-        waiters.forEach((w) => w.resolve());
+        waiters.forEach((w) => {
+          w.written?.();
+          w.resolve();
+        });
       } catch (err) {
         waiters.forEach((w) => w.reject(err));
       }
@@ -206,13 +254,14 @@ export class TransactionStore {
     }
   }
 
-  private remember(txnId: string): void {
-    if (this.seen.has(txnId)) return;
-    this.seen.add(txnId);
-    this.order.push(txnId);
-    while (this.order.length > this.capacity) {
-      const old = this.order.shift();
-      if (old !== undefined) this.seen.delete(old);
+  /** Records the txnId as most recently seen with this content, forgetting the oldest beyond `capacity`. */
+  private remember(txnId: string, digest: string): void {
+    this.seen.delete(txnId);
+    this.seen.set(txnId, digest);
+    while (this.seen.size > this.capacity) {
+      const oldest = this.seen.keys().next();
+      if (oldest.done) break;
+      this.seen.delete(oldest.value);
     }
   }
 
@@ -247,30 +296,23 @@ export class TransactionStore {
       this.lines++;
       if ("a" in record) {
         this.seq = Math.max(this.seq, record.a);
-        this.remember(record.id);
         const events = ("e" in record ? record.e : record.b.events) as MatrixEvent[];
+        this.remember(record.id, contentDigest(events));
         this.unhandled.set(record.a, { seq: record.a, txnId: record.id, events });
       } else if ("d" in record) this.unhandled.delete(record.d);
-      else this.remember(record.s);
+      // Without a digest the content is unknown: not taken as seen (see the top of this file).
+      else if (record.h !== undefined) this.remember(record.s, record.h);
     });
   }
 
-  /** Reads transactions.log and inbox/ of the older layout into memory; true when there was any. */
+  /**
+   * Reads the unhandled transactions of inbox/ (older layout) into memory; true when there was an
+   * older layout. Its transactions.log held txnIds without content, so they are not kept.
+   */
   private migrateLegacy(): boolean {
     const logPath = join(this.dir, LEGACY_LOG);
     const inboxDir = join(this.dir, LEGACY_INBOX);
     if (!existsSync(logPath) && !existsSync(inboxDir)) return false;
-    if (existsSync(logPath)) {
-      const text = readFileSync(logPath, "utf8");
-      for (const line of text.split("\n")) {
-        try {
-          const id: unknown = JSON.parse(line);
-          if (typeof id === "string") this.remember(id);
-        } catch {
-          // A torn line of the old log held only a txnId.
-        }
-      }
-    }
     const pendingIds = new Set([...this.unhandled.values()].map((e) => e.txnId));
     if (existsSync(inboxDir)) {
       for (const name of readdirSync(inboxDir).sort()) {
@@ -290,8 +332,9 @@ export class TransactionStore {
         }
         if (pendingIds.has(parsed.data.txnId)) continue;
         const seq = ++this.seq;
-        this.unhandled.set(seq, { seq, txnId: parsed.data.txnId, events: parsed.data.events as MatrixEvent[] });
-        this.remember(parsed.data.txnId);
+        const events = parsed.data.events as MatrixEvent[];
+        this.unhandled.set(seq, { seq, txnId: parsed.data.txnId, events });
+        this.remember(parsed.data.txnId, contentDigest(events));
       }
     }
     return true;
@@ -300,7 +343,9 @@ export class TransactionStore {
   /** Rewrites the journal with the seen txnIds and the unhandled entries only; removes the older layout. */
   private compact(): void {
     const unhandledIds = new Set([...this.unhandled.values()].map((e) => e.txnId));
-    const out: string[] = this.order.filter((id) => !unhandledIds.has(id)).map((id) => `${JSON.stringify({ s: id })}\n`);
+    const out: string[] = [...this.seen]
+      .filter(([id]) => !unhandledIds.has(id))
+      .map(([id, digest]) => `${JSON.stringify({ s: id, h: digest })}\n`);
     for (const entry of [...this.unhandled.values()].sort((a, b) => a.seq - b.seq)) {
       out.push(`${JSON.stringify({ a: entry.seq, id: entry.txnId, e: entry.events })}\n`);
     }

@@ -376,7 +376,10 @@ export function deepMerge(base: Record<string, unknown>, over: Record<string, un
  * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, unique Space and hive-chat aliases, log level warn.
  * `overrides` is deep-merged onto that raw input before parsing.
  */
-export function makeTestConfig(slot: Slot, overrides: ConfigOverrides = {}): Config {
+export function makeTestConfig(
+  slot: Pick<Slot, "name" | "id" | "port" | "botLocalpart" | "registrationPath" | "agentTemplate">,
+  overrides: ConfigOverrides = {},
+): Config {
   const { runDir, synapse } = e2eEnv();
   const tmpRoot = join(runDir, "tmp");
   mkdirSync(tmpRoot, { recursive: true });

@@ -229,6 +229,34 @@ describe("durable de-duplication", () => {
   });
 });
 
+describe("a homeserver that numbers its transactions anew", () => {
+  it("handles reused txnIds with other events, counts them and warns once per run of them", async () => {
+    const stateDir = tempDir();
+    const port = await freePort();
+    const first = await startService("synapse", { stateDir, port });
+    for (let i = 1; i <= 4; i++) expect((await first.hs.pushTransaction(String(i), { events: [event(100 + i)] })).status).toBe(200);
+    await first.service.events.idle();
+    await stopAll(first);
+
+    const second = await startService("synapse", { stateDir, port, registration: first.registration });
+    for (let i = 1; i <= 3; i++) expect((await second.hs.pushTransaction(String(i), { events: [event(200 + i)] })).status).toBe(200);
+    // A true retry of the renumbered transaction is still a replay.
+    expect((await second.hs.pushTransaction("3", { events: [event(203)] })).status).toBe(200);
+    expect((await second.hs.pushTransaction("fresh-1", { events: [event(300)] })).status).toBe(200);
+    // A second renumbering later is warned about again.
+    expect((await second.hs.pushTransaction("1", { events: [event(301)] })).status).toBe(200);
+    await second.service.events.idle();
+    expect(second.seen.map((e) => e.event_id)).toEqual(["$e201", "$e202", "$e203", "$e300", "$e301"]);
+    const metrics = await (await fetch(`${second.url}/metrics`)).text();
+    expect(metrics).toMatch(/hive_matrix_transactions_total\{result="reused_id"\} 4\n/);
+    expect(metrics).toMatch(/hive_matrix_transactions_total\{result="duplicate"\} 1\n/);
+    const warnings = second.logs.filter((l) => l.includes("transaction ID seen before with other events"));
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(/"level":40.*homeserver restarted and numbered its transactions anew/);
+    await stopAll(second);
+  });
+});
+
 describe("body limit and ping failures", () => {
   it("answers 413 M_TOO_LARGE above appservice.maxBodyBytes", async () => {
     const h = await startService("synapse", { maxBodyBytes: 1000 });
