@@ -1,6 +1,7 @@
 /**
  * Handles accepted transactions in order, detached from the HTTP request. A failing handler is
- * logged and does not stop the queue; an entry leaves the inbox only after all its events ran.
+ * logged and does not stop the queue; an entry leaves the inbox only after all its
+ * events ran. `stop` leaves the entries not yet begun in the journal, for the next start.
  */
 import type { Logger } from "./logging";
 import { errorFields } from "./logging";
@@ -14,6 +15,7 @@ export class EventQueue {
   private readonly handlers: EventHandler[] = [];
   private running = false;
   private started = false;
+  private stopped = false;
   private idleWaiters: (() => void)[] = [];
 
   constructor(
@@ -29,7 +31,7 @@ export class EventQueue {
   push(entry: InboxEntry): void {
     this.pending.push(entry);
     this.metrics.eventQueue.set(this.pending.length);
-    if (this.started) void this.drain();
+    if (this.started && !this.stopped) void this.drain();
   }
 
   /** Handling waits for start(): events may arrive before the service is ready. */
@@ -38,17 +40,26 @@ export class EventQueue {
     void this.drain();
   }
 
-  /** Resolves when every accepted transaction has been handled. */
+  /** Resolves when every accepted transaction has been handled (or, after `stop`, when the one under way has). */
   idle(): Promise<void> {
-    if (!this.running && (this.pending.length === 0 || !this.started)) return Promise.resolve();
+    if (!this.running && (this.pending.length === 0 || !this.started || this.stopped)) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Finishes the transaction under way and handles no more: the rest stay unhandled in the journal
+   * and are replayed by the next start, instead of reaching handlers that are shutting down.
+   */
+  stop(): Promise<void> {
+    this.stopped = true;
+    return this.idle();
   }
 
   private async drain(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
-      for (let entry = this.pending[0]; entry !== undefined; entry = this.pending[0]) {
+      for (let entry = this.pending[0]; entry !== undefined && !this.stopped; entry = this.pending[0]) {
         for (const event of entry.events) await this.dispatch(event);
         this.store.done(entry);
         this.pending.shift();

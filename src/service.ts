@@ -210,7 +210,10 @@ export class HiveMatrixService extends EventEmitter {
     this.stopping = true;
     this.ready = false;
     this.abort.abort();
-    // Agents first: no new onboarding starts, the agents in flight finish; then the rooms, then
+    // Events first: what is not handled yet stays in the journal for the next start rather than
+    // reach a control room that is stopping (a command would be marked handled and never run).
+    await this.events.stop();
+    // Then agents: no new onboarding starts, the agents in flight finish; then the rooms, then
     // the control room, which sends the reports queued until then.
     await this.agents.stop();
     await this.roomsLoop.stop();
@@ -222,7 +225,6 @@ export class HiveMatrixService extends EventEmitter {
         server.closeIdleConnections();
       });
     }
-    await this.events.idle();
     await this.transactions.flushAndClose();
     this.state.unlock();
     this.logger.info("hive-matrix stopped");

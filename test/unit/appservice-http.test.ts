@@ -229,6 +229,28 @@ describe("durable de-duplication", () => {
   });
 });
 
+describe("stopping", () => {
+  it("finishes the transaction under way; those behind it are handled after the next start, not dropped", async () => {
+    const stateDir = tempDir();
+    const port = await freePort();
+    const first = await startService("synapse", { stateDir, port });
+    let release: () => void = () => undefined;
+    const blocked = new Promise<void>((r) => (release = r));
+    first.service.onEvent((e) => (e.event_id === "$e1" ? blocked : undefined));
+    expect((await first.hs.pushTransaction("s1", { events: [event(1)] })).status).toBe(200);
+    expect((await first.hs.pushTransaction("s2", { events: [event(2)] })).status).toBe(200);
+    const stopping = stopAll(first);
+    release();
+    await stopping;
+    expect(first.seen.map((e) => e.event_id)).toEqual(["$e1"]);
+
+    const second = await startService("synapse", { stateDir, port, registration: first.registration });
+    await second.service.events.idle();
+    expect(second.seen.map((e) => e.event_id)).toEqual(["$e2"]);
+    await stopAll(second);
+  });
+});
+
 describe("a homeserver that numbers its transactions anew", () => {
   it("handles reused txnIds with other events, counts them and warns once per run of them", async () => {
     const stateDir = tempDir();
