@@ -1,6 +1,6 @@
 /**
  * Handles accepted transactions in order, detached from the HTTP request. A failing handler is
- * logged and does not stop the queue; an entry leaves the inbox only after all its
+ * logged and counted and does not stop the queue; an entry leaves the inbox only after all its
  * events ran. `stop` leaves the entries not yet begun in the journal, for the next start.
  */
 import type { Logger } from "./logging";
@@ -79,6 +79,7 @@ export class EventQueue {
       try {
         await handler(event);
       } catch (err) {
+        this.metrics.eventsDropped.inc({ reason: "handler_failed" });
         this.logger.error(
           { eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) },
           "event handler failed",

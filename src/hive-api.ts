@@ -11,6 +11,7 @@ import { CommandError, type AgentView, type HiveApi, type HiveStatus, type Progr
 import type { ReconcileLoop } from "./rooms/loop";
 import type { RoomsReconciler } from "./rooms/reconciler";
 import { NamespaceError } from "./matrix/users";
+import { countsBy } from "./metrics";
 import type { HiveMatrixService } from "./service";
 import { VERSION } from "./version";
 
@@ -53,6 +54,21 @@ export class ServiceHiveApi implements HiveApi {
         chatAlias: rooms.aliases.chat,
       },
       lastReconcile: last ? { at: last.at, changes: last.changes.length, problems: last.problems } : undefined,
+      intake: await this.intake(),
+    };
+  }
+
+  /** Read from the metrics, which count every outcome where it happens. */
+  private async intake(): Promise<NonNullable<HiveStatus["intake"]>> {
+    const { metrics } = this.deps.service;
+    const t = await countsBy(metrics.transactions, "result");
+    const n = (result: string): number => t[result] ?? 0;
+    return {
+      handled: n("accepted") + n("reused_id"),
+      reusedIds: n("reused_id"),
+      replays: n("duplicate"),
+      refused: n("rejected") + n("unauthorized"),
+      dropped: await countsBy(metrics.eventsDropped, "reason"),
     };
   }
 

@@ -1,6 +1,16 @@
 /** Prometheus metrics. One registry per service instance, so several instances in a test process do not collide. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
+/** A counter's current values by one of its labels, e.g. `{ accepted: 3, duplicate: 1 }`. */
+export async function countsBy<L extends string>(counter: Counter<L>, label: L): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const { labels, value } of (await counter.get()).values) {
+    const key = String(labels[label] ?? "");
+    counts[key] = (counts[key] ?? 0) + value;
+  }
+  return counts;
+}
+
 export class Metrics {
   readonly registry = new Registry();
 
@@ -37,7 +47,7 @@ export class Metrics {
     name: "hive_matrix_transactions_total",
     help:
       "Transactions received from the homeserver by result: accepted, reused_id (a known ID with other events, handled as new), " +
-      "duplicate (a replay, not handled again), rejected (malformed, refused), unauthorized.",
+      "duplicate (a replay, not handled again), rejected (malformed or too large, refused), unauthorized.",
     labelNames: ["result"] as const,
     registers: [this.registry],
   });
@@ -46,6 +56,13 @@ export class Metrics {
     name: "hive_matrix_events_total",
     help: "Events received in transactions, by type.",
     labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+
+  readonly eventsDropped = new Counter({
+    name: "hive_matrix_events_dropped_total",
+    help: "Events not handled, by reason: handler_failed, control_room_not_ready (held for a control room that was not set up).",
+    labelNames: ["reason"] as const,
     registers: [this.registry],
   });
 

@@ -96,11 +96,16 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     },
   });
 
+  /** A transaction refused after authentication: the homeserver keeps it and retries, so it must not go unseen. */
+  const refused = (txnId: string | undefined, status: number, why: string): void => {
+    options.metrics.transactions.inc({ result: "rejected" });
+    log.warn({ txnId, status }, `transaction refused: ${why}; the homeserver keeps retrying it, and later ones may wait behind it`);
+  };
   const transaction = (req: Request, res: Response, next: NextFunction): void => {
     const txnId = req.params.txnId;
     const checked = validateTransactionBody(req.body);
     if (!checked.ok) {
-      options.metrics.transactions.inc({ result: "rejected" });
+      refused(txnId, 400, checked.error);
       return matrixError(res, 400, "M_BAD_JSON", checked.error);
     }
     handlers
@@ -142,12 +147,16 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     else matrixError(res, 404, "M_UNRECOGNIZED", "Unrecognized request");
   });
 
-  const errors: ErrorRequestHandler = (err: { type?: string; status?: number; message?: string }, _req, res, _next) => {
+  const errors: ErrorRequestHandler = (err: { type?: string; status?: number; message?: string }, req, res, _next) => {
     void _next;
-    if (err.type === "entity.too.large") return matrixError(res, 413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
-    if (err.type === "entity.parse.failed") return matrixError(res, 400, "M_NOT_JSON", "Body is not valid JSON");
-    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported")
-      return matrixError(res, 415, "M_UNKNOWN", "Unsupported encoding");
+    const txnId = /\/transactions\/([^/]+)$/.exec(req.path)?.[1];
+    const refuse = (status: number, errcode: string, error: string): void => {
+      if (txnId !== undefined) refused(txnId, status, error);
+      matrixError(res, status, errcode, error);
+    };
+    if (err.type === "entity.too.large") return refuse(413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
+    if (err.type === "entity.parse.failed") return refuse(400, "M_NOT_JSON", "Body is not valid JSON");
+    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported") return refuse(415, "M_UNKNOWN", "Unsupported encoding");
     if (err.type === "request.aborted") return;
     log.error({ err: err.message }, "appservice request failed");
     matrixError(res, 500, "M_UNKNOWN", "Internal error; the homeserver will retry");

@@ -40,6 +40,11 @@ export interface HiveStatus {
   agents: Partial<Record<AgentState, number>>;
   rooms: { spaceId?: string; chatId?: string; controlRoomId?: string; spaceAlias?: string; chatAlias?: string };
   lastReconcile?: { at: number; changes: number; problems: string[] };
+  /**
+   * Since start: transactions handled (those with a reused ID among them), replays acknowledged but
+   * not handled again, refused ones; events not handled by reason. Nothing is dropped unseen.
+   */
+  intake?: { handled: number; reusedIds: number; replays: number; refused: number; dropped: Record<string, number> };
 }
 
 export interface SyncReport {

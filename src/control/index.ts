@@ -69,6 +69,8 @@ export class ControlRoom {
   private settingUp: Promise<boolean> | undefined;
   private stopped = false;
   private readonly early: MatrixEvent[] = [];
+  /** Whether dropping held events was logged since the room was last ready. */
+  private dropWarned = false;
 
   constructor(private readonly deps: ControlRoomDeps) {
     this.logger = deps.logger.child({ module: "control" });
@@ -132,7 +134,19 @@ export class ControlRoom {
   private holdEarly(event: MatrixEvent): void {
     if (!EARLY_TYPES.has(event.type)) return;
     this.early.push(event);
-    if (this.early.length > MAX_EARLY) this.early.shift();
+    if (this.early.length > MAX_EARLY) this.dropEarly(this.early.splice(0, this.early.length - MAX_EARLY), "more arrived than are held");
+  }
+
+  /** Held events that will not be handled: counted, and logged once per batch, since commands may be among them. */
+  private dropEarly(events: MatrixEvent[], why: string): void {
+    if (events.length === 0) return;
+    this.deps.metrics.eventsDropped.inc({ reason: "control_room_not_ready" }, events.length);
+    if (this.dropWarned) return;
+    this.dropWarned = true;
+    this.logger.warn(
+      { dropped: events.length, oldest: events[0]?.event_id },
+      `room messages held until the control room is set up were dropped (${why}); commands among them get no answer and must be sent again`,
+    );
   }
 
   private async dispatch(event: MatrixEvent): Promise<void> {
@@ -169,6 +183,8 @@ export class ControlRoom {
     this.retryTimer = undefined;
     await this.processor.idle();
     await this.notifier.stop();
+    this.dropWarned = false;
+    this.dropEarly(this.early.splice(0), "hive-matrix stopped first");
   }
 
   private isInviteForBot(event: MatrixEvent): boolean {
@@ -202,6 +218,7 @@ export class ControlRoom {
       this.encrypted = await isEncrypted(this.deps.bot, room.roomId);
       this.room = room;
       this.attempts = 0;
+      this.dropWarned = false;
       this.logger.info({ roomId: room.roomId, origin: room.origin, encrypted: this.encrypted }, "control room ready");
       if (this.encrypted) await this.warnEncrypted();
       await this.answerInterrupted();

@@ -173,7 +173,10 @@ describe("restarts of hive-matrix and of the homeserver", () => {
     for (const id of queued) expect(await answer(id)).toMatch(/hive-matrix/);
   });
 
-  it("every command got exactly one reply", async () => {
+  it("every command got exactly one reply, and status shows what was received and dropped", async () => {
+    const status = await ask("!hive status");
+    expect(status).toMatch(/Transactions since start\s+\d+ handled/);
+    expect(status).toMatch(/Events dropped since start\s+none/);
     await quiet();
     const botUserId = `@${config.appservice.botLocalpart}:${config.homeserver.domain}`;
     for (const id of commands) expect(await repliesTo(operator, controlRoom, id, botUserId)).toHaveLength(1);

@@ -110,6 +110,7 @@ export class RecordingApi implements HiveApi {
         chatAlias: `#hive-chat:${DOMAIN}`,
       },
       lastReconcile: { at: Date.now() - 120_000, changes: 2, problems: ["hive-chat: <power> levels"] },
+      intake: { handled: 120, reusedIds: 5, replays: 3, refused: 1, dropped: { handler_failed: 2, control_room_not_ready: 0 } },
     };
   }
 

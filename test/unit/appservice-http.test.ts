@@ -287,6 +287,9 @@ describe("body limit and ping failures", () => {
       status: 413,
       body: { errcode: "M_TOO_LARGE", error: "Body exceeds 1000 bytes" },
     });
+    // Refused, so the homeserver retries it: visible in the log and the metrics.
+    expect(h.logs.join("")).toMatch(/"txnId":"big".*transaction refused: Body exceeds 1000 bytes/);
+    expect(await (await fetch(`${h.url}/metrics`)).text()).toMatch(/hive_matrix_transactions_total\{result="rejected"\} 1\n/);
     await stopAll(h);
   });
 

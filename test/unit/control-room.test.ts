@@ -5,9 +5,10 @@ import type { Config } from "../../src/config/schema";
 import { ControlRoom } from "../../src/control";
 import { ControlRoomError, createOptions, locateControlRoom, MARKER_EVENT, PENDING_FILE } from "../../src/control/room";
 import { createLogger } from "../../src/logging";
-import { Metrics } from "../../src/metrics";
+import { Metrics, countsBy } from "../../src/metrics";
 import { StateStore } from "../../src/store/state-store";
 import { BOT, DOMAIN, FakeBot, isHiveUser, message, OPERATOR, RecordingApi, testConfig } from "../support/control";
+import { captureLogs } from "../support/logs";
 import { tempDir } from "../support/tmp";
 
 const logger = createLogger({ level: "silent" }).logger;
@@ -170,6 +171,32 @@ describe("a configured control room", () => {
     await c.idle();
     expect(env.bot.repliesTo(e.event_id!)).toHaveLength(1);
     expect(env.bot.sent).toHaveLength(1);
+  });
+
+  it("counts and logs the held messages it drops: beyond the bound, and at a stop before the room was ready", async () => {
+    const env = fresh({ control: { room: "!late:hive.test" } });
+    const metrics = new Metrics();
+    const { lines, destination } = captureLogs();
+    const c = new ControlRoom({
+      bot: env.bot,
+      botUserId: BOT,
+      state: env.state,
+      config: env.config,
+      logger: createLogger({ level: "info", destination }).logger,
+      metrics,
+      api: new RecordingApi(),
+      isAppserviceUser: isHiveUser,
+      retryDelayMs: () => 3_600_000,
+    });
+    expect(await c.start()).toBe(false);
+    for (let i = 0; i < 205; i++) await c.handleEvent(message(`!hive version ${i}`, { roomId: "!late:hive.test" }));
+    const dropped = async (): Promise<number> => (await countsBy(metrics.eventsDropped, "reason")).control_room_not_ready ?? 0;
+    expect(await dropped()).toBe(5);
+    await c.stop();
+    expect(await dropped()).toBe(205);
+    const warnings = lines.filter((l) => l.includes("held until the control room is set up were dropped"));
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toMatch(/"dropped":200.*hive-matrix stopped first/);
   });
 
   it("sets up on an invite of the bot", async () => {

@@ -12,6 +12,23 @@ function roomCell(id: string | undefined, alias?: string): Rich {
   return alias ? concat(code(alias), " ", code(id)) : code(id);
 }
 
+const DROP_REASONS: Record<string, string> = {
+  handler_failed: "handler failed",
+  control_room_not_ready: "held for the control room before it was ready",
+};
+
+/** Transactions since start, and every event not handled: an operator sees drops here, not only in metrics. */
+function intakeRows(i: NonNullable<HiveStatus["intake"]>): [string, Rich][] {
+  const reused = i.reusedIds > 0 ? ` (${i.reusedIds} with a reused ID, likely after a homeserver restart)` : "";
+  const dropped = Object.entries(i.dropped)
+    .filter(([, n]) => n > 0)
+    .map(([reason, n]) => `${n} ${DROP_REASONS[reason] ?? reason}`);
+  return [
+    ["Transactions since start", text(`${i.handled} handled${reused}, ${i.replays} replays skipped, ${i.refused} refused`)],
+    ["Events dropped since start", text(dropped.length > 0 ? dropped.join(", ") : "none")],
+  ];
+}
+
 export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
   const counts = AGENT_STATES.filter((state) => (s.agents[state] ?? 0) > 0).map((state) => `${s.agents[state]} ${state}`);
   const total = AGENT_STATES.reduce((sum, state) => sum + (s.agents[state] ?? 0), 0);
@@ -42,6 +59,7 @@ export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
     ["Control room", roomCell(s.rooms.controlRoomId)],
     ["Last reconcile", reconcile],
   ];
+  if (s.intake) rows.push(...intakeRows(s.intake));
   const problems = s.lastReconcile?.problems ?? [];
   return blocks(
     table(["", "Status"], rows),
@@ -52,7 +70,8 @@ export function renderStatus(s: HiveStatus, now = Date.now()): Rich {
 
 export const status: LeafCommand = {
   name: "status",
-  summary: "Show the homeserver, the ping, the version and uptime, agents by state, the rooms and the last reconcile.",
+  summary:
+    "Show the homeserver, the ping, the version and uptime, agents by state, the rooms, the last reconcile, and the transactions handled and events dropped since start.",
   permission: "operator",
   async run(ctx) {
     return renderStatus(await ctx.api.status());
