@@ -194,9 +194,12 @@ export class HiveMatrixService extends EventEmitter {
     else if (ping.unsupported) log.info(ping.cause);
     else log.warn({ errcode: ping.errcode }, `homeserver could not ping the appservice: ${ping.cause}`);
 
-    this.events.start();
     this.agents.start();
     if (this.controlEnabled) await this.control.start();
+    // After the control room's first set-up: commands replayed from the journal then go straight
+    // to the processor, which records them durably, instead of being held in memory while their
+    // transaction is marked done (a stop in that window would lose them).
+    this.events.start();
     void this.roomsLoop.start();
     this.ready = true;
     this.metrics.ready.set(1);
