@@ -41,7 +41,7 @@ cd "$consumer"
 npm init -y >/dev/null
 # No install script is needed: hive-matrix loads its own crypto stub (src/crypto-stub.ts).
 npm install --no-audit --no-fund --ignore-scripts --loglevel=error "$tarball" >/dev/null
-npx --no-install hive-matrix --help >/dev/null
+"$consumer/node_modules/.bin/hive-matrix" --help >/dev/null
 port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 cat >config.yaml <<YAML
 homeserver: { url: "http://127.0.0.1:9", domain: hive.example }
@@ -49,8 +49,8 @@ appservice: { port: $port, url: "http://127.0.0.1:$port", registration: "$consum
 stateDir: "$consumer/state"
 agents: { stateRoot: "$consumer/agents" }
 YAML
-npx --no-install hive-matrix registration --config config.yaml >/dev/null
-npx --no-install hive-matrix run --config config.yaml >"$work/run.log" 2>&1 &
+"$consumer/node_modules/.bin/hive-matrix" registration --config config.yaml >/dev/null
+"$consumer/node_modules/.bin/hive-matrix" run --config config.yaml >"$work/run.log" 2>&1 &
 service_pid=$!
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$port/live" >/dev/null 2>&1; then
