@@ -79,7 +79,7 @@ export async function onboardLegacy(
   mkdirSync(stateDir, { recursive: true });
   const registered = await registerWithToken(baseUrl, name, registrationToken);
   let t = now();
-  writeTokenFile(stateDir, registered.accessToken);
+  writeTokenFile(stateRoot, name, registered.accessToken);
   const tokenFileMs = elapsedMs(t);
   t = now();
   const restart = await runRestart(restartCommand, name, 60_000);

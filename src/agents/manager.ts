@@ -19,7 +19,7 @@ import { agentLocalpart, agentNameProblem, agentUserId } from "./names";
 import { AgentRecords, type AgentRecord, type AgentState } from "./records";
 import { runRestart } from "./restart";
 import { agentDeviceId, checkToken, freshSession, revokeAll } from "./sessions";
-import { checkStateDir, readTokenFile, writeTokenFile } from "./token-file";
+import { checkStateDir, readTokenFile, StateDirError, writeTokenFile } from "./token-file";
 
 export interface AgentManagerDeps {
   config: Config;
@@ -391,7 +391,7 @@ export class AgentManager extends EventEmitter {
 
     let validToken: string | undefined;
     if (dir.ok) {
-      const read = readTokenFile(stateDir);
+      const read = readTokenFile(config.agents.stateRoot, name);
       if (read.kind === "token") {
         this.deps.scrubber?.add(read.token);
         const check = await checkToken(transport, read.token, userId, deviceId);
@@ -440,10 +440,13 @@ export class AgentManager extends EventEmitter {
         ? { accessToken: registered.accessToken, deviceId: registered.deviceId ?? deviceId }
         : await freshSession(transport, localpart, deviceId, "hive-matrix", validToken);
     this.deps.scrubber?.add(session.accessToken);
-    // Checked again right before writing: the dir could have been swapped for a symlink meanwhile.
-    const recheck = checkStateDir(config.agents.stateRoot, name);
-    if (!recheck.ok) throw new AgentError(`not writing the token: ${recheck.reason}`);
-    writeTokenFile(stateDir, session.accessToken);
+    try {
+      // Anchored to the dir as it is now (token-file.ts): a swap since the read cannot redirect it.
+      writeTokenFile(config.agents.stateRoot, name, session.accessToken);
+    } catch (err) {
+      if (err instanceof StateDirError) throw new AgentError(`not writing the token: ${err.reason}`);
+      throw err;
+    }
     this.records.set(name, { userId, state: "token_written", tokenWrittenAt: Date.now() });
     this.log.info(
       { agent: name, userId, deviceId: session.deviceId, created: registered.created, rotated: force },

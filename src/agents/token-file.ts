@@ -1,33 +1,137 @@
 /**
  * The agent's `<agent-state>/matrix-token`: one line, mode 0600, a regular file. The agent dir is
- * writable by the agent, so everything here assumes a hostile tenant: a symlink or hardlink planted
- * at the token path is never followed, read through or chmod-ed, and a symlinked state dir is refused.
+ * writable by the agent, so everything here assumes a hostile tenant that swaps names under us
+ * while we work: checking a path and then using it by name is a race the tenant wins.
+ *
+ * So every read and write is anchored to a directory handle: `<stateRoot>/<name>` and its `state`
+ * are opened one component at a time with O_DIRECTORY|O_NOFOLLOW, each relative to the handle of
+ * its parent, and files are then reached as `/proc/self/fd/<fd>/<file>`. The kernel resolves such
+ * a path from the directory the descriptor holds, whatever its name points to by now, so a
+ * symlink swapped in after the open cannot redirect anything. Node has no openat(2); the /proc
+ * path is how Linux offers the same. Each handle is re-checked (device and inode of the /proc path
+ * against fstat of the descriptor), so a missing /proc fails closed instead of resolving elsewhere.
+ * A symlink or hardlink planted at the token path itself is never followed, read through or chmod-ed.
  */
-import { constants, closeSync, fchmodSync, fstatSync, lstatSync, openSync, readSync } from "node:fs";
+import { constants, closeSync, fchmodSync, fstatSync, lstatSync, openSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "../store/atomic-file";
 
 export const TOKEN_FILE = "matrix-token";
 const MAX_TOKEN_BYTES = 4096;
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
 export type StateDirStatus = { ok: true } | { ok: false; missing: boolean; reason: string };
 
-/** The agent's state dir must be a real directory, and so must its parent: a symlink could point the write anywhere. */
-export function checkStateDir(stateRoot: string, name: string): StateDirStatus {
-  const agentDir = join(stateRoot, name);
-  for (const dir of [agentDir, join(agentDir, "state")]) {
-    let st;
+/** The agent's state dir is refused: missing, a symlink, not a directory, or not anchorable. */
+export class StateDirError extends Error {
+  constructor(
+    readonly missing: boolean,
+    readonly reason: string,
+  ) {
+    super(reason);
+    this.name = "StateDirError";
+  }
+}
+
+function fdPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+/** Fails closed when `/proc/self/fd/<fd>` is not the descriptor's own directory (no procfs, or not Linux). */
+function verifyAnchor(fd: number, shown: string): void {
+  const held = fstatSync(fd);
+  let seen;
+  try {
+    seen = statSync(fdPath(fd));
+  } catch (err) {
+    throw new StateDirError(
+      false,
+      `${shown} cannot be anchored: ${fdPath(fd)} is unavailable (${(err as NodeJS.ErrnoException).code ?? String(err)}); /proc must be mounted`,
+    );
+  }
+  if (!held.isDirectory() || seen.dev !== held.dev || seen.ino !== held.ino) {
+    throw new StateDirError(false, `${shown} cannot be anchored: ${fdPath(fd)} does not resolve to the opened directory`);
+  }
+}
+
+/** Opens `component` inside the directory held by `parentFd`, never following a link at it. */
+function openChild(parentFd: number, component: string, shown: string): number {
+  let fd: number;
+  try {
+    fd = openSync(`${fdPath(parentFd)}/${component}`, DIR_FLAGS);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") throw new StateDirError(true, `${shown} does not exist`);
+    if (code === "ELOOP" || code === "ENOTDIR") {
+      // Only for the message; the decision was the kernel's. What is there now may differ already.
+      let now: "link" | "file" | "other" = "other";
+      try {
+        const st = lstatSync(`${fdPath(parentFd)}/${component}`);
+        now = st.isSymbolicLink() ? "link" : st.isDirectory() ? "other" : "file";
+      } catch {
+        /* gone meanwhile */
+      }
+      const why =
+        now === "link"
+          ? "is a symlink"
+          : now === "file"
+            ? "is not a directory"
+            : "was a symlink or not a directory when opened (it is being swapped)";
+      throw new StateDirError(false, `${shown} ${why}; refusing to write through it`);
+    }
+    throw new StateDirError(false, `${shown} cannot be opened (${code ?? String(err)})`);
+  }
+  try {
+    verifyAnchor(fd, shown);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/**
+ * Runs `fn` with a path that names `<stateRoot>/<name>/state` through a descriptor: everything
+ * `fn` does below that path stays in that directory even if the tenant swaps any name meanwhile.
+ * Throws StateDirError when the dir is missing, a symlink (at either level) or not a directory.
+ */
+export function withStateDir<T>(stateRoot: string, name: string, fn: (dir: string) => T): T {
+  // Names are validated long before; this module still never lets one step outside stateRoot.
+  if (name === "" || name === "." || name === ".." || /[/\0]/.test(name)) {
+    throw new StateDirError(false, `${JSON.stringify(name)} is not a single directory name`);
+  }
+  const agentShown = join(stateRoot, name);
+  const stateShown = join(agentShown, "state");
+  const fds: number[] = [];
+  try {
+    let rootFd: number;
     try {
-      st = lstatSync(dir);
+      // stateRoot itself is the administrator's (it may be a symlink to a volume): followed.
+      rootFd = openSync(stateRoot, constants.O_RDONLY | constants.O_DIRECTORY);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOENT") return { ok: false, missing: true, reason: `${dir} does not exist` };
-      return { ok: false, missing: false, reason: `${dir} cannot be inspected (${code ?? String(err)})` };
+      throw new StateDirError(code === "ENOENT", `${stateRoot} cannot be opened (${code ?? String(err)})`);
     }
-    if (st.isSymbolicLink()) return { ok: false, missing: false, reason: `${dir} is a symlink; refusing to write through it` };
-    if (!st.isDirectory()) return { ok: false, missing: false, reason: `${dir} is not a directory` };
+    fds.push(rootFd);
+    verifyAnchor(rootFd, stateRoot);
+    const agentFd = openChild(rootFd, name, agentShown);
+    fds.push(agentFd);
+    const stateFd = openChild(agentFd, "state", stateShown);
+    fds.push(stateFd);
+    return fn(fdPath(stateFd));
+  } finally {
+    for (const fd of fds.reverse()) closeSync(fd);
   }
-  return { ok: true };
+}
+
+/** Whether `<stateRoot>/<name>/state` can be used: a real directory inside a real agent dir. */
+export function checkStateDir(stateRoot: string, name: string): StateDirStatus {
+  try {
+    return withStateDir(stateRoot, name, () => ({ ok: true }) as const);
+  } catch (err) {
+    if (err instanceof StateDirError) return { ok: false, missing: err.missing, reason: err.reason };
+    throw err;
+  }
 }
 
 export type TokenFileRead =
@@ -36,20 +140,25 @@ export type TokenFileRead =
   /** Something is at the path that must not be trusted (symlink, hardlink, not a regular file, garbage). */
   | { kind: "unsafe"; reason: string };
 
-export function tokenFilePath(stateDir: string): string {
-  return join(stateDir, TOKEN_FILE);
+/**
+ * Reads the agent's token without following a symlink (O_NOFOLLOW) and refuses hardlinks: a
+ * hardlink to another file would make us send that file's content to the homeserver as a token.
+ * A valid file with a wrong mode is tightened through the already-open descriptor. A state dir
+ * that cannot be used reads as "missing" when absent and "unsafe" otherwise.
+ */
+export function readTokenFile(stateRoot: string, name: string): TokenFileRead {
+  try {
+    return withStateDir(stateRoot, name, (dir) => readTokenIn(dir));
+  } catch (err) {
+    if (!(err instanceof StateDirError)) throw err;
+    return err.missing ? { kind: "missing" } : { kind: "unsafe", reason: err.reason };
+  }
 }
 
-/**
- * Reads the token without following a symlink (O_NOFOLLOW) and refuses hardlinks: a hardlink to
- * another file would make us send that file's content to the homeserver as a token. A valid file
- * with a wrong mode is tightened through the already-open descriptor.
- */
-export function readTokenFile(stateDir: string): TokenFileRead {
-  const path = tokenFilePath(stateDir);
+function readTokenIn(dir: string): TokenFileRead {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    fd = openSync(join(dir, TOKEN_FILE), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return { kind: "missing" };
@@ -77,7 +186,11 @@ export function readTokenFile(stateDir: string): TokenFileRead {
   }
 }
 
-/** One line, 0600, through an exclusively created temp file and a rename (see writeFileAtomic). */
-export function writeTokenFile(stateDir: string, token: string): void {
-  writeFileAtomic(tokenFilePath(stateDir), `${token}\n`, { mode: 0o600 });
+/**
+ * One line, 0600, through an exclusively created temp file and a rename (see writeFileAtomic),
+ * all inside the anchored state dir; the temp file is removed on every failure. Throws
+ * StateDirError (nothing written) when the state dir cannot be used.
+ */
+export function writeTokenFile(stateRoot: string, name: string, token: string): void {
+  withStateDir(stateRoot, name, (dir) => writeFileAtomic(join(dir, TOKEN_FILE), `${token}\n`, { mode: 0o600 }));
 }

@@ -1,56 +1,57 @@
-import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentRecords } from "../../src/agents/records";
 import { restartArgv, runRestart } from "../../src/agents/restart";
-import { checkStateDir, readTokenFile, writeTokenFile } from "../../src/agents/token-file";
+import { checkStateDir, readTokenFile, StateDirError, writeTokenFile } from "../../src/agents/token-file";
 import { StateError, StateStore } from "../../src/store/state-store";
 import { tempDir } from "../support/tmp";
 
+/** `<root>/<name>/state`, created; returns the state dir. */
+function stateDirOf(root: string, name: string): string {
+  const dir = join(root, name, "state");
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
 describe("token file", () => {
   it("reads a token, tightening a loose mode through the open descriptor", () => {
-    const dir = tempDir();
+    const root = tempDir();
+    const dir = stateDirOf(root, "a");
     writeFileSync(join(dir, "matrix-token"), "syt_abc\n", { mode: 0o644 });
     chmodSync(join(dir, "matrix-token"), 0o644);
-    expect(readTokenFile(dir)).toEqual({ kind: "token", token: "syt_abc" });
+    expect(readTokenFile(root, "a")).toEqual({ kind: "token", token: "syt_abc" });
     expect(statSync(join(dir, "matrix-token")).mode & 0o777).toBe(0o600);
   });
 
   it("refuses symlinks, hardlinks, directories and garbage without touching their targets", () => {
-    const dir = tempDir();
-    const victim = join(dir, "victim");
+    const root = tempDir();
+    const victim = join(root, "victim");
     writeFileSync(victim, "secret\n", { mode: 0o644 });
     chmodSync(victim, 0o644);
-    const agent = join(dir, "agent");
-    mkdirSync(agent);
-    symlinkSync(victim, join(agent, "matrix-token"));
-    expect(readTokenFile(agent)).toEqual({ kind: "unsafe", reason: "is a symlink" });
-    const hard = join(dir, "hard");
-    mkdirSync(hard);
-    linkSync(victim, join(hard, "matrix-token"));
-    expect(readTokenFile(hard)).toEqual({ kind: "unsafe", reason: "has other hard links" });
+    symlinkSync(victim, join(stateDirOf(root, "agent"), "matrix-token"));
+    expect(readTokenFile(root, "agent")).toEqual({ kind: "unsafe", reason: "is a symlink" });
+    linkSync(victim, join(stateDirOf(root, "hard"), "matrix-token"));
+    expect(readTokenFile(root, "hard")).toEqual({ kind: "unsafe", reason: "has other hard links" });
     expect(statSync(victim).mode & 0o777).toBe(0o644);
-    const asDir = join(dir, "asdir");
-    mkdirSync(join(asDir, "matrix-token"), { recursive: true });
-    expect(readTokenFile(asDir)).toMatchObject({ kind: "unsafe" });
-    const garbage = join(dir, "garbage");
-    mkdirSync(garbage);
-    writeFileSync(join(garbage, "matrix-token"), "two tokens\n");
-    expect(readTokenFile(garbage)).toMatchObject({ kind: "unsafe", reason: "does not hold exactly one token" });
-    expect(readTokenFile(join(dir, "none"))).toEqual({ kind: "missing" });
+    mkdirSync(join(stateDirOf(root, "asdir"), "matrix-token"));
+    expect(readTokenFile(root, "asdir")).toMatchObject({ kind: "unsafe" });
+    writeFileSync(join(stateDirOf(root, "garbage"), "matrix-token"), "two tokens\n");
+    expect(readTokenFile(root, "garbage")).toMatchObject({ kind: "unsafe", reason: "does not hold exactly one token" });
+    stateDirOf(root, "none");
+    expect(readTokenFile(root, "none")).toEqual({ kind: "missing" });
+    expect(readTokenFile(root, "nodir")).toEqual({ kind: "missing" });
   });
 
   it("writes over a planted symlink and a hardlink without changing the other file", () => {
-    const dir = tempDir();
-    const victim = join(dir, "victim");
+    const root = tempDir();
+    const victim = join(root, "victim");
     writeFileSync(victim, "secret\n");
-    const a = join(dir, "a");
-    mkdirSync(a);
+    const a = stateDirOf(root, "a");
     symlinkSync(victim, join(a, "matrix-token"));
-    writeTokenFile(a, "tok1");
-    const b = join(dir, "b");
-    mkdirSync(b);
+    writeTokenFile(root, "a", "tok1");
+    const b = stateDirOf(root, "b");
     linkSync(victim, join(b, "matrix-token"));
-    writeTokenFile(b, "tok2");
+    writeTokenFile(root, "b", "tok2");
     expect(readFileSync(victim, "utf8")).toBe("secret\n");
     for (const [d, t] of [
       [a, "tok1"],
@@ -59,20 +60,31 @@ describe("token file", () => {
       const st = lstatSync(join(d, "matrix-token"));
       expect(st.isFile() && st.nlink === 1 && (st.mode & 0o777) === 0o600).toBe(true);
       expect(readFileSync(join(d, "matrix-token"), "utf8")).toBe(`${t}\n`);
+      expect(readdirSync(d)).toEqual(["matrix-token"]);
     }
   });
 
-  it("refuses a state dir (or agent dir) that is a symlink", () => {
+  it("refuses a state dir (or agent dir) that is a symlink, reading and writing nothing through it", () => {
     const root = tempDir();
     const elsewhere = tempDir();
-    mkdirSync(join(root, "ok", "state"), { recursive: true });
+    writeFileSync(join(elsewhere, "matrix-token"), "theirs\n");
+    stateDirOf(root, "ok");
     mkdirSync(join(root, "linked"));
     symlinkSync(elsewhere, join(root, "linked", "state"));
-    symlinkSync(elsewhere, join(root, "whole"));
+    symlinkSync(join(root, "ok"), join(root, "whole"));
+    writeFileSync(join(root, "file"), "");
     expect(checkStateDir(root, "ok")).toEqual({ ok: true });
     expect(checkStateDir(root, "linked")).toMatchObject({ ok: false, missing: false, reason: expect.stringMatching(/symlink/) });
-    expect(checkStateDir(root, "whole")).toMatchObject({ ok: false, missing: false });
+    expect(checkStateDir(root, "whole")).toMatchObject({ ok: false, missing: false, reason: expect.stringMatching(/symlink/) });
+    expect(checkStateDir(root, "file")).toMatchObject({ ok: false, missing: false, reason: expect.stringMatching(/not a directory/) });
     expect(checkStateDir(root, "gone")).toMatchObject({ ok: false, missing: true });
+    for (const name of ["..", ".", "a/b", ""]) expect(checkStateDir(root, name)).toMatchObject({ ok: false, missing: false });
+    expect(readTokenFile(root, "linked")).toMatchObject({ kind: "unsafe", reason: expect.stringMatching(/symlink/) });
+    expect(() => writeTokenFile(root, "linked", "tok")).toThrow(StateDirError);
+    expect(() => writeTokenFile(root, "whole", "tok")).toThrow(StateDirError);
+    expect(readdirSync(elsewhere)).toEqual(["matrix-token"]);
+    expect(readFileSync(join(elsewhere, "matrix-token"), "utf8")).toBe("theirs\n");
+    expect(readdirSync(join(root, "ok", "state"))).toEqual([]);
   });
 });
 
