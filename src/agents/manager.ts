@@ -1,8 +1,9 @@
 /**
  * Agent onboarding. The desired set of agents (discovered state dirs, configured names, agents
  * added by command, minus agents removed by command) is converged one agent at a time, at most
- * `agents.concurrency` at once: provision what is desired, deprovision what is not. Every step
- * re-derives from the homeserver and the token file, so running it again changes nothing.
+ * `agents.concurrency` at once and never two runs for one agent: provision what is desired,
+ * deprovision what is not. Every step re-derives from the homeserver and the token file, so
+ * running it again changes nothing.
  */
 import { EventEmitter } from "node:events";
 import type { Config } from "../config/schema";
@@ -229,7 +230,12 @@ export class AgentManager extends EventEmitter {
     return this.required(await this.enqueue(name, { force: true }), name);
   }
 
-  /** Queues a converge of `name`; resolves with its record once that converge has run. */
+  /**
+   * Queues a converge of `name`; resolves with its record once a run that started after this call
+   * has ended. Requests for an agent that is queued or running coalesce into one follow-up run:
+   * it converges to the desired state as it is then (the last add or remove wins; each is recorded
+   * before it is queued) and rotates when any request asked for it and the agent is still desired.
+   */
   enqueue(name: string, options: { force?: boolean } = {}): Promise<AgentRecord | undefined> {
     if (this.stopped) return Promise.resolve(this.records.get(name));
     clearTimeout(this.retryTimers.get(name));
@@ -289,11 +295,21 @@ export class AgentManager extends EventEmitter {
     return true;
   }
 
+  /**
+   * Starts queued jobs up to the concurrency cap, never a second run for an agent that is running:
+   * its queued job waits (collecting further requests) and runs once the current run has ended, so
+   * it sees every wish recorded meanwhile.
+   */
   private pump(): void {
-    while (!this.stopped && this.running.size < this.deps.config.agents.concurrency && this.queue.size > 0) {
-      const [name, job] = this.queue.entries().next().value as [string, Job];
+    if (this.stopped) return;
+    for (const [name, job] of this.queue) {
+      if (this.running.size >= this.deps.config.agents.concurrency) break;
+      if (this.running.has(name)) continue;
       this.queue.delete(name);
       this.running.set(name, job);
+      // This run covers whatever a pending retry would have done.
+      clearTimeout(this.retryTimers.get(name));
+      this.retryTimers.delete(name);
       void this.run(name, job);
     }
   }
@@ -301,6 +317,7 @@ export class AgentManager extends EventEmitter {
   private async run(name: string, job: Job): Promise<void> {
     let outcome: Outcome;
     const started = Date.now();
+    this.log.debug({ agent: name, force: job.force }, "agent run started");
     try {
       outcome = await this.converge(name, job.force);
       this.attempts.delete(name);
@@ -309,7 +326,7 @@ export class AgentManager extends EventEmitter {
       this.fail(name, err);
     }
     this.deps.metrics.agentOperations.inc({ outcome });
-    if (outcome !== "skipped") this.log.debug({ agent: name, outcome, ms: Date.now() - started }, "agent converged");
+    this.log.debug({ agent: name, outcome, ms: Date.now() - started }, "agent run finished");
     this.running.delete(name);
     const record = this.records.get(name);
     job.waiters.forEach((w) => w.resolve(record));
