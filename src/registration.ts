@@ -44,18 +44,21 @@ export function templateHasFixedPart(template: string): boolean {
  */
 export function userNamespaces(config: Config, agentNames: readonly string[] = []): Namespace[] {
   const domain = escapeRegex(config.homeserver.domain);
-  const users: Namespace[] = [{ exclusive: true, regex: `^@${escapeRegex(config.appservice.botLocalpart)}:${domain}$` }];
+  return [
+    { exclusive: true, regex: `^@${escapeRegex(config.appservice.botLocalpart)}:${domain}$` },
+    ...agentNamespaces(config, agentNames),
+  ];
+}
+
+/** The agents' part of the user namespace (see userNamespaces). */
+export function agentNamespaces(config: Config, agentNames: readonly string[] = []): Namespace[] {
+  const domain = escapeRegex(config.homeserver.domain);
   const template = config.agents.localpart;
   if (templateHasFixedPart(template)) {
     const [prefix, suffix] = template.split("{name}");
-    users.push({ exclusive: true, regex: `^@${escapeRegex(prefix)}[a-z0-9-]+${escapeRegex(suffix)}:${domain}$` });
-  } else {
-    const names = [...new Set(agentNames)].sort();
-    for (const name of names) {
-      users.push({ exclusive: true, regex: `^@${escapeRegex(name)}:${domain}$` });
-    }
+    return [{ exclusive: true, regex: `^@${escapeRegex(prefix)}[a-z0-9-]+${escapeRegex(suffix)}:${domain}$` }];
   }
-  return users;
+  return [...new Set(agentNames)].sort().map((name) => ({ exclusive: true, regex: `^@${escapeRegex(name)}:${domain}$` }));
 }
 
 export function newToken(): string {

@@ -262,13 +262,10 @@ export class HiveMatrixService extends EventEmitter {
     this.reportedProblems = new Set(report.problems);
   }
 
-  /** The homeserver asks whether a user of our namespace exists: agents of this hive are created on the spot. */
+  /** The homeserver asks whether a user of our namespace exists: agents of this hive are provisioned on the spot. */
   private async onUserQuery(userId: string): Promise<boolean> {
     if (userId === this.botUserId) return true;
-    if (!this.agents.isAgentUser(userId)) return false;
-    const localpart = userId.slice(1, userId.indexOf(":"));
-    await ensureRegistered(this.transport, localpart, this.config.homeserver.domain);
-    return true;
+    return this.agents.ensureUser(userId);
   }
 
   private reachability(reachable: boolean): void {

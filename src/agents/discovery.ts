@@ -2,14 +2,14 @@
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/schema";
-import { agentNameProblem } from "./names";
+import { agentRefusal } from "./names";
 
 export interface Discovery {
   /** Valid agent names found on disk, sorted. */
   discovered: string[];
-  /** Discovered plus the configured names: every agent the registration must cover. */
+  /** Discovered plus the configured and adoptable names: every agent the registration must cover. */
   names: string[];
-  /** Directories that look like agents but whose names are refused, with the reason. */
+  /** Directories that look like agents but whose names are refused (malformed, or the bot's or an operator's user), with the reason. */
   refused: { name: string; reason: string }[];
   /** Directories under stateRoot without a `state/` yet: agents being created, worth watching. */
   pending: string[];
@@ -48,11 +48,11 @@ export function discoverAgents(config: Config): Discovery {
       }
       continue;
     }
-    const problem = agentNameProblem(entry, config.agents.maxNameLength);
+    const problem = agentRefusal(config, entry);
     if (problem) refused.push({ name: entry, reason: problem });
     else discovered.add(entry);
   }
   const names = new Set(discovered);
-  for (const name of config.agents.names) names.add(name);
+  for (const name of [...config.agents.names, ...config.agents.adopt]) names.add(name);
   return { discovered: [...discovered].sort(), names: [...names].sort(), refused, pending, missingRoot };
 }

@@ -12,11 +12,11 @@ import type { Metrics } from "../metrics";
 import { HomeserverUnreachableError, backoff, isMatrixError, type HomeserverTransport } from "../matrix/transport";
 import { MatrixError } from "matrix-bot-sdk";
 import { ensureRegistered, NamespaceError } from "../matrix/users";
-import type { Registration } from "../registration";
+import { templateHasFixedPart, type Registration } from "../registration";
 import type { StateStore } from "../store/state-store";
 import { AgentWatcher } from "./watcher";
 import { agentStateDir, discoverAgents } from "./discovery";
-import { agentLocalpart, agentNameProblem, agentUserId } from "./names";
+import { agentIdentityProblem, agentLocalpart, agentRefusal, agentUserId, sameUser } from "./names";
 import { AgentRecords, type AgentRecord, type AgentState } from "./records";
 import { runRestart } from "./restart";
 import { agentDeviceId, checkToken, freshSession, revokeAll } from "./sessions";
@@ -39,6 +39,9 @@ export class AgentError extends Error {
   }
 }
 
+/** Records written before accounts were recorded that prove an account of ours under a fixed template. */
+const TRUSTED_LEGACY_STATES: readonly AgentState[] = ["registered", "token_written", "joined", "removed"];
+
 type Outcome = "provisioned" | "unchanged" | "registered" | "removed" | "failed" | "skipped";
 
 /**
@@ -56,6 +59,13 @@ interface Job {
 export function isTransient(err: unknown): boolean {
   if (err instanceof HomeserverUnreachableError) return true;
   return err instanceof MatrixError && (err.statusCode >= 500 || err.statusCode === 429);
+}
+
+function notOurs(name: string, userId: string): AgentError {
+  return new AgentError(
+    `${userId} already exists and hive-matrix did not create it: refusing to take it over (nothing was logged in to, logged out or written). ` +
+      `If it is this agent's own account (e.g. from the older registration-token flow), add "${name}" to agents.adopt`,
+  );
 }
 
 export class AgentManager extends EventEmitter {
@@ -137,12 +147,25 @@ export class AgentManager extends EventEmitter {
     return this.records.entries().some(([, r]) => r.userId === userId);
   }
 
+  /**
+   * The homeserver asks whether `userId` exists (Synapse's user query): a desired agent of this
+   * hive gets its account now, through its own run, so the one-run-per-agent rule and the
+   * account checks hold here too.
+   */
+  async ensureUser(userId: string): Promise<boolean> {
+    const name = this.desiredNames().find((n) => sameUser(this.userId(n), userId));
+    if (name === undefined) return false;
+    const record = await this.enqueue(name);
+    return record !== undefined && ["registered", "token_written", "joined"].includes(record.state);
+  }
+
   /** Whether the agent should be provisioned: on disk, configured or added by command, and not removed by command. */
   isDesired(name: string): boolean {
+    if (agentRefusal(this.deps.config, name)) return false;
     const record = this.records.get(name);
     if (record?.disabled) return false;
     if (this.discovered.has(name) || record?.source === "command") return true;
-    return this.deps.config.agents.names.includes(name) && !agentNameProblem(name, this.deps.config.agents.maxNameLength);
+    return this.deps.config.agents.names.includes(name);
   }
 
   desiredNames(): string[] {
@@ -262,7 +285,7 @@ export class AgentManager extends EventEmitter {
   }
 
   private validateName(name: string): void {
-    const problem = agentNameProblem(name, this.deps.config.agents.maxNameLength);
+    const problem = agentRefusal(this.deps.config, name);
     if (problem) throw new AgentError(`agent name ${JSON.stringify(name)} ${problem}`);
   }
 
@@ -382,6 +405,13 @@ export class AgentManager extends EventEmitter {
   }
 
   private async converge(name: string, force: boolean): Promise<Outcome> {
+    const identity = agentIdentityProblem(this.deps.config, name);
+    if (identity) {
+      // Only an agents.json from an older version (or operators changed since) gets here: never
+      // provisioned, never deprovisioned (that would log out or move the bot or a person).
+      if (this.records.get(name)) this.records.set(name, { userId: this.userId(name), leaving: false });
+      throw new AgentError(`the agent ${name} ${identity}; refusing it (nothing is done with that account)`);
+    }
     if (this.isDesired(name)) return this.provision(name, force);
     const record = this.records.get(name);
     if (!record || (record.state === "removed" && !force)) return "skipped";
@@ -406,12 +436,16 @@ export class AgentManager extends EventEmitter {
     const dir = checkStateDir(config.agents.stateRoot, name);
     if (!dir.ok && !dir.missing) throw new AgentError(dir.reason);
 
+    const known = this.accountTrust(name, previous);
     let validToken: string | undefined;
     if (dir.ok) {
       const read = readTokenFile(config.agents.stateRoot, name);
       if (read.kind === "token") {
         this.deps.scrubber?.add(read.token);
         const check = await checkToken(transport, read.token, userId, deviceId);
+        // A live token of an account not known to be ours (e.g. written by an older version under
+        // the {name} template) is not blessed: the account must be adopted explicitly.
+        if (check.valid && !known) throw notOurs(name, userId);
         if (check.valid && !force) {
           const state: AgentState = previous?.state === "joined" ? "joined" : "token_written";
           this.records.set(name, { userId, state, source, leaving: false });
@@ -431,7 +465,14 @@ export class AgentManager extends EventEmitter {
       return "unchanged";
     }
 
-    this.records.set(name, { userId, state: "pending", source, leaving: false });
+    const interrupted = previous?.registering === true;
+    // Written before the request when the account is not known to be ours: if the reply is lost,
+    // the next attempt knows that an M_USER_IN_USE may be our own earlier success.
+    this.records.set(
+      name,
+      { userId, state: "pending", source, leaving: false, ...(known ? {} : { registering: true }) },
+      { durable: !known },
+    );
     const displayName = config.agents.displayName.split("{name}").join(name);
     let registered;
     try {
@@ -442,10 +483,17 @@ export class AgentManager extends EventEmitter {
         dir.ok ? { deviceId, displayName: "hive-matrix" } : undefined,
       );
     } catch (err) {
-      if (err instanceof NamespaceError) throw new AgentError(`${err.message} (registration refresh needed)`);
+      // A refusal (4xx, not a lost reply or a server error) means nothing was created: the mark has served.
+      if (!known && err instanceof MatrixError && err.statusCode < 500)
+        this.records.set(name, { userId, registering: false }, { durable: true });
+      if (err instanceof NamespaceError) {
+        this.records.set(name, { userId, registering: false }, { durable: true });
+        throw new AgentError(`${err.message} (registration refresh needed)`);
+      }
       throw err;
     }
-    this.records.set(name, { userId, state: "registered" });
+    const account = registered.created ? "created" : (known ?? (await this.claimExisting(name, userId, interrupted)));
+    this.records.set(name, { userId, state: "registered", account, registering: false }, { durable: account !== previous?.account });
     await this.ensureDisplayName(userId, displayName, registered.created);
 
     if (!dir.ok) {
@@ -499,8 +547,57 @@ export class AgentManager extends EventEmitter {
     });
   }
 
+  /**
+   * Whether hive-matrix may act on the existing account of `name` (log in, log out, write its token,
+   * move it in rooms): it created it, or agents.adopt says to take it over. Undefined: not known to
+   * be ours, so an existing account is someone else's.
+   */
+  private accountTrust(name: string, record: AgentRecord | undefined): AgentRecord["account"] {
+    if (record?.account) return record.account;
+    if (this.deps.config.agents.adopt.includes(name)) return "adopted";
+    // agents.json from before accounts were recorded. Under a fixed prefix or suffix the exclusive
+    // namespace let only hive-matrix create these users; under the bare {name} template the old
+    // flow created them, and they must be listed in agents.adopt.
+    if (templateHasFixedPart(this.deps.config.agents.localpart) && record && TRUSTED_LEGACY_STATES.includes(record.state)) return "created";
+    return undefined;
+  }
+
+  /**
+   * /register says the user exists and nothing on record makes it ours. Only when an earlier
+   * /register of ours may have created it unseen (`interrupted`: a crash or a lost reply) is the
+   * account looked at, as the appservice: no joined room and no device but the agent's means it is
+   * that earlier attempt's. Anything else is someone else's account and is refused: nothing is
+   * logged in to, logged out or written.
+   */
+  private async claimExisting(name: string, userId: string, interrupted: boolean): Promise<"created"> {
+    if (interrupted && (await this.untouchedAccount(userId, agentDeviceId(name)))) {
+      this.log.info({ agent: name, userId }, `agent ${name}: an interrupted registration had created ${userId}; continuing with it`);
+      return "created";
+    }
+    this.records.set(name, { userId, registering: false }, { durable: true });
+    throw notOurs(name, userId);
+  }
+
+  private async untouchedAccount(userId: string, deviceId: string): Promise<boolean> {
+    const { transport } = this.deps;
+    const rooms = await transport.request<{ joined_rooms?: string[] }>("GET", "/_matrix/client/v3/joined_rooms", { asUser: userId });
+    if ((rooms.joined_rooms ?? []).length > 0) return false;
+    const devices = await transport.request<{ devices?: { device_id: string }[] }>("GET", "/_matrix/client/v3/devices", { asUser: userId });
+    return (devices.devices ?? []).every((d) => d.device_id === deviceId);
+  }
+
   private async deprovision(name: string, record: AgentRecord): Promise<Outcome> {
     const { config, transport } = this.deps;
+    const ours = this.accountTrust(name, record) !== undefined;
+    if (!ours) {
+      // E.g. a dir named like a person that was refused: their sessions and rooms are not ours to touch.
+      this.records.set(name, { userId: record.userId, state: "removed", leaving: false }, { durable: true });
+      this.log.info(
+        { agent: name, userId: record.userId },
+        `agent ${name} removed; ${record.userId} is not an account hive-matrix created or adopted, so it is left alone`,
+      );
+      return "removed";
+    }
     if (config.agents.onRemove.logout && record.state !== "pending") {
       try {
         await revokeAll(transport, agentLocalpart(config, name), agentDeviceId(name));

@@ -19,6 +19,14 @@ const recordSchema = z.object({
   source: z.enum(["discovered", "config", "command"]),
   /** Removed by an operator: not provisioned again until added back. */
   disabled: z.boolean().optional(),
+  /**
+   * Whose the Matrix account is to act on: "created" by hive-matrix's own /register, or "adopted"
+   * because it was on agents.adopt. Without it an existing account is never logged in to, logged
+   * out or written anywhere (manager.ts, accountTrust).
+   */
+  account: z.enum(["created", "adopted"]).optional(),
+  /** A /register for this agent was sent and its answer not yet recorded (a crash or lost reply may hide a success). */
+  registering: z.boolean().optional(),
   /** The agent must still leave the hive rooms (removal not yet reconciled). */
   leaving: z.boolean().optional(),
   tokenWrittenAt: z.number().optional(),

@@ -2,6 +2,8 @@
 import { readFileSync } from "node:fs";
 import YAML from "yaml";
 import type { ZodIssue } from "zod";
+import { botUserId, sameUser } from "../agents/names";
+import { agentNamespaces, templateHasFixedPart } from "../registration";
 import { AGENT_NAME_PATTERN, configSchema, type Config } from "./schema";
 
 export class ConfigError extends Error {
@@ -39,17 +41,46 @@ export function describeIssue(issue: ZodIssue): string[] {
 /** Cross-field checks that a per-key schema cannot express. */
 function semanticProblems(config: Config): string[] {
   const problems: string[] = [];
-  config.agents.names.forEach((name, i) => {
-    if (!AGENT_NAME_PATTERN.test(name) || name.length > config.agents.maxNameLength) {
-      problems.push(
-        `agents.names[${i}]: "${name}" is not a valid agent name (lower-case letters, digits and -, at most ${config.agents.maxNameLength} characters)`,
-      );
-    }
-  });
-  const botAsAgent = config.agents.localpart.replace("{name}", "");
-  if (config.agents.localpart === config.appservice.botLocalpart || botAsAgent === config.appservice.botLocalpart) {
-    problems.push("agents.localpart: must not produce the bot's localpart");
+  const max = config.agents.maxNameLength;
+  for (const key of ["names", "adopt"] as const) {
+    config.agents[key].forEach((name, i) => {
+      if (!AGENT_NAME_PATTERN.test(name) || name.length > max) {
+        problems.push(
+          `agents.${key}[${i}]: "${name}" is not a valid agent name (lower-case letters, digits and -, at most ${max} characters)`,
+        );
+      }
+    });
   }
+  problems.push(...namespaceCollisions(config));
+  return problems;
+}
+
+/**
+ * The agents' user namespace must hold agents only: not the bot (an agent dir of that name would
+ * get the bot's token) and no operator (the service would take the operator for one of its own
+ * users and ignore their commands). Checked against the same namespace the registration declares.
+ */
+function namespaceCollisions(config: Config): string[] {
+  const problems: string[] = [];
+  const listed = [...config.agents.names, ...config.agents.adopt];
+  const agentSpace = agentNamespaces(config, listed).map((ns) => new RegExp(ns.regex, "i"));
+  const inAgentSpace = (userId: string): boolean => agentSpace.some((r) => r.test(userId));
+  const template = `agents.localpart "${config.agents.localpart}"${templateHasFixedPart(config.agents.localpart) ? "" : " with agents.names and agents.adopt"}`;
+  const bot = botUserId(config);
+  if (inAgentSpace(bot)) {
+    problems.push(
+      `appservice.botLocalpart: the bot ${bot} is inside the agents' user namespace (${template}), so an agent could be given the bot's account; ` +
+        "choose a bot localpart that no agent name can produce",
+    );
+  }
+  config.operators.forEach((op, i) => {
+    if (sameUser(op, bot)) problems.push(`operators[${i}]: ${op} is the bot itself; operators are people`);
+    else if (inAgentSpace(op))
+      problems.push(
+        `operators[${i}]: ${op} is inside the agents' user namespace (${template}): ` +
+          "the service would treat it as one of its own agents and ignore its commands; change the operator or agents.localpart",
+      );
+  });
   return problems;
 }
 

@@ -109,6 +109,13 @@ export const configSchema = z
           .default("/var/lib/hyperhive/agents")
           .describe("An agent exists when <stateRoot>/<name>/state/ exists."),
         names: z.array(z.string()).default([]).describe("Agents to provision besides the discovered ones."),
+        adopt: z
+          .array(z.string())
+          .default([])
+          .describe(
+            "Agents whose Matrix accounts already exist (e.g. from the older registration-token flow) and may be taken over: " +
+              "a new token is written and the old sessions are logged out. Any other existing account is refused.",
+          ),
         localpart: localpartTemplate.default("agent-{name}").describe("Localpart template of agent users; {name} is the agent name."),
         maxNameLength: z.number().int().min(1).max(64).default(9).describe("Longest agent name accepted."),
         restartCommand: z

@@ -240,9 +240,10 @@ describe("adopting agents of the older flow under the {name} template", () => {
     let run: StartedService | undefined;
     try {
       const registration = loadRegistration(slot.registrationPath);
-      const config = makeTestConfig(slot, { agents: { names: slot.agentNames } });
       // old3 is reserved for this test (harness.test.ts checks the others' old tokens still work).
       const account = slot.preexistingAccounts[2];
+      // Only an account on agents.adopt is taken over (agent-trust.test.ts: the others are refused).
+      const config = makeTestConfig(slot, { agents: { adopt: [account.name] } });
       makeAgentDir(config, account.name);
       writeFileSync(tokenPath(config, account.name), `${account.accessToken}\n`, { mode: 0o600 });
       run = await startRecordedService(config, registration);

@@ -68,6 +68,49 @@ describe("config validation", () => {
     ]);
   });
 
+  it("refuses invalid names on the adopt list", () => {
+    expect(problemsOf({ ...minimal, agents: { adopt: ["old1", "Old2", "a b"] } })).toEqual([
+      expect.stringMatching(/^agents\.adopt\[1\]: "Old2" is not a valid agent name/),
+      expect.stringMatching(/^agents\.adopt\[2\]: "a b" is not a valid agent name/),
+    ]);
+  });
+
+  it("refuses a bot localpart that an agent name can produce, under a fixed template and under {name}", () => {
+    expect(problemsOf({ ...minimal, appservice: { botLocalpart: "agent-ops" } })).toEqual([
+      expect.stringMatching(/^appservice\.botLocalpart: the bot @agent-ops:hive\.example is inside the agents' user namespace/),
+    ]);
+    expect(problemsOf({ ...minimal, appservice: { botLocalpart: "ops-bot" }, agents: { localpart: "{name}-bot" } })).toEqual([
+      expect.stringMatching(/^appservice\.botLocalpart: .*inside the agents' user namespace \(agents\.localpart "\{name\}-bot"\)/),
+    ]);
+    for (const key of ["names", "adopt"]) {
+      expect(problemsOf({ ...minimal, agents: { localpart: "{name}", [key]: ["hive"] } })).toEqual([
+        expect.stringMatching(/^appservice\.botLocalpart: .*with agents\.names and agents\.adopt/),
+      ]);
+    }
+    // Outside the namespace: a different prefix, or a name the template cannot produce.
+    expect(() => parseConfig({ ...minimal, appservice: { botLocalpart: "agents-ops" } })).not.toThrow();
+    expect(() => parseConfig({ ...minimal, appservice: { botLocalpart: "agent-" } })).not.toThrow();
+    expect(() => parseConfig({ ...minimal, agents: { localpart: "{name}", names: ["bob"] } })).not.toThrow();
+  });
+
+  it("refuses an operator who is the bot or inside the agents' namespace", () => {
+    expect(
+      problemsOf({ ...minimal, operators: ["@ok:hive.example", "@hive:hive.example", "@agent-x:hive.example", "@Agent-Y:hive.example"] }),
+    ).toEqual([
+      "operators[1]: @hive:hive.example is the bot itself; operators are people",
+      expect.stringMatching(/^operators\[2\]: @agent-x:hive\.example is inside the agents' user namespace .*ignore its commands/),
+      expect.stringMatching(/^operators\[3\]: @Agent-Y:hive\.example is inside the agents' user namespace/),
+    ]);
+    expect(problemsOf({ ...minimal, operators: ["@alice:hive.example"], agents: { localpart: "{name}", adopt: ["alice"] } })).toEqual([
+      expect.stringMatching(/^operators\[0\]: @alice:hive\.example is inside the agents' user namespace/),
+    ]);
+    // The same localpart on another server is someone else.
+    expect(() => parseConfig({ ...minimal, operators: ["@agent-x:other.example", "@alice:hive.example"] })).not.toThrow();
+    expect(() =>
+      parseConfig({ ...minimal, operators: ["@alice:hive.example"], agents: { localpart: "{name}", names: ["bob"] } }),
+    ).not.toThrow();
+  });
+
   it("reports unreadable files and invalid YAML with the file name", () => {
     const dir = tempDir();
     expect(() => loadConfigFile(join(dir, "missing.yaml"))).toThrow(/missing\.yaml: 1 problem\(s\):\n {2}- file does not exist/);

@@ -188,7 +188,7 @@ const samples: { name: string; input: JsonObject; config: JsonObject; registrati
     input: {
       domain: "hive.example",
       serverName: "matrix.hive.example",
-      appservice: { operators: ["@alice:matrix.hive.example"], agentLocalpart: "{name}", agentNames: ["bob", "alice", "bob"] },
+      appservice: { operators: ["@alice:matrix.hive.example"], agentLocalpart: "{name}", agentNames: ["bob", "carol", "bob"] },
     },
     config: {
       homeserver: { url: "http://127.0.0.1:8008", domain: "matrix.hive.example" },
@@ -204,7 +204,7 @@ const samples: { name: string; input: JsonObject; config: JsonObject; registrati
       operators: ["@alice:matrix.hive.example"],
       agents: {
         stateRoot: "/var/lib/hyperhive/agents",
-        names: ["bob", "alice", "bob"],
+        names: ["bob", "carol", "bob"],
         localpart: "{name}",
         restartCommand: ["systemctl", "restart", "hive-matrix-daemon@{name}"],
       },
@@ -216,8 +216,8 @@ const samples: { name: string; input: JsonObject; config: JsonObject; registrati
       namespaces: {
         users: [
           { exclusive: true, regex: "^@hive:matrix\\.hive\\.example$" },
-          { exclusive: true, regex: "^@alice:matrix\\.hive\\.example$" },
           { exclusive: true, regex: "^@bob:matrix\\.hive\\.example$" },
+          { exclusive: true, regex: "^@carol:matrix\\.hive\\.example$" },
         ],
         aliases: [],
         rooms: [],

@@ -1,6 +1,7 @@
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
+import { discoverAgents } from "../../src/agents/discovery";
 import { parseConfig } from "../../src/config/load";
 import { buildRegistration, escapeRegex, loadRegistration, writeRegistration } from "../../src/registration";
 import { tempDir } from "../support/tmp";
@@ -49,6 +50,25 @@ describe("registration", () => {
       "^@hive:hive\\.example$",
       "^@alice:hive\\.example$",
       "^@bob:hive\\.example$",
+    ]);
+  });
+
+  it("under {name}, lists the dirs on disk except those naming the bot or an operator, plus configured and adopted names", () => {
+    const stateRoot = tempDir();
+    for (const dir of ["hive", "alice", "bob", "Bad"]) mkdirSync(join(stateRoot, dir, "state"), { recursive: true });
+    const legacy = parseConfig({
+      homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" },
+      operators: ["@alice:hive.example"],
+      agents: { stateRoot, localpart: "{name}", names: ["carol"], adopt: ["old1"] },
+    });
+    // What `hive-matrix registration` passes for the bare template.
+    const names = discoverAgents(legacy).names;
+    expect(names).toEqual(["bob", "carol", "old1"]);
+    expect(buildRegistration(legacy, { asToken: "a", hsToken: "b" }, names).namespaces.users.map((u) => u.regex)).toEqual([
+      "^@hive:hive\\.example$",
+      "^@bob:hive\\.example$",
+      "^@carol:hive\\.example$",
+      "^@old1:hive\\.example$",
     ]);
   });
 

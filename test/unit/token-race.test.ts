@@ -7,28 +7,9 @@
  */
 import { lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { Worker } from "node:worker_threads";
 import { readTokenFile, StateDirError, writeTokenFile } from "../../src/agents/token-file";
+import { startSwapper } from "../support/swapper";
 import { tempDir } from "../support/tmp";
-
-/** Cycles `place` through: the real dir, nothing, each link, nothing; stops after a whole cycle. */
-const SWAPPER = `
-const { workerData } = require("node:worker_threads");
-const { renameSync } = require("node:fs");
-const flags = new Int32Array(workerData.flags);
-const { place, real, links } = workerData;
-let cycles = 0;
-while (Atomics.load(flags, 0) === 0) {
-  for (const parked of links) {
-    renameSync(real, place);
-    renameSync(place, real);
-    renameSync(parked, place);
-    renameSync(place, parked);
-  }
-  cycles++;
-}
-Atomics.store(flags, 1, cycles);
-`;
 
 interface Tree {
   [path: string]: string;
@@ -56,14 +37,10 @@ interface RaceResult {
 }
 
 async function race(place: string, real: string, links: string[], root: string): Promise<RaceResult> {
-  const flags = new SharedArrayBuffer(8);
-  const worker = new Worker(SWAPPER, { eval: true, workerData: { flags, place, real, links } });
-  const exited = new Promise<void>((resolve, reject) => {
-    worker.on("error", reject);
-    worker.on("exit", () => resolve());
-  });
+  const swapper = startSwapper(place, real, links);
   let written = 0;
   let refused = 0;
+  let cycles = 0;
   try {
     // Bounded by count and time: enough to hit the windows many times, never a slow test.
     const deadline = Date.now() + 3000;
@@ -80,11 +57,9 @@ async function race(place: string, real: string, links: string[], root: string):
       if (read.kind === "token") expect(read.token).toMatch(/^tok-a-\d+$/);
     }
   } finally {
-    // Also when an assertion above failed: a swapper left running would keep jest alive.
-    Atomics.store(new Int32Array(flags), 0, 1);
-    await exited;
+    cycles = await swapper.stop();
   }
-  return { written, refused, cycles: Atomics.load(new Int32Array(flags), 1) };
+  return { written, refused, cycles };
 }
 
 function setUp(): { root: string; outside: string; bToken: string } {
