@@ -3,10 +3,10 @@
  * reconciler. Chat concerns stay in src/control; hive logic stays in src/agents and src/rooms.
  */
 import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { AgentError, type AgentManager } from "./agents/manager";
 import { agentStateDir } from "./agents/discovery";
 import type { AgentRecord } from "./agents/records";
+import { tokenFileStatus } from "./agents/token-file";
 import { CommandError, type AgentView, type HiveApi, type HiveStatus, type ProgressSink, type SyncReport } from "./control/api";
 import type { ReconcileLoop } from "./rooms/loop";
 import type { RoomsReconciler } from "./rooms/reconciler";
@@ -174,7 +174,7 @@ export class ServiceHiveApi implements HiveApi {
   private view(name: string, record: AgentRecord): AgentView {
     const { config } = this.deps.service;
     const stateDir = agentStateDir(config, name);
-    const tokenFile = !existsSync(stateDir) ? "none" : existsSync(join(stateDir, "matrix-token")) ? "ok" : "missing";
+    const tokenFile = tokenFileStatus(config.agents.stateRoot, name);
     return {
       name,
       userId: record.userId,

@@ -194,3 +194,19 @@ function readTokenIn(dir: string): TokenFileRead {
 export function writeTokenFile(stateRoot: string, name: string, token: string): void {
   withStateDir(stateRoot, name, (dir) => writeFileAtomic(join(dir, TOKEN_FILE), `${token}\n`, { mode: 0o600 }));
 }
+
+/** What `!hive agent info` shows, looked at through the anchored dir: no state dir, a regular token file, or none. */
+export function tokenFileStatus(stateRoot: string, name: string): "none" | "ok" | "missing" {
+  try {
+    return withStateDir(stateRoot, name, (dir) => {
+      try {
+        return lstatSync(join(dir, TOKEN_FILE)).isFile() ? "ok" : "missing";
+      } catch {
+        return "missing";
+      }
+    });
+  } catch (err) {
+    if (err instanceof StateDirError) return "none";
+    throw err;
+  }
+}

@@ -2,7 +2,7 @@ import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, s
 import { join } from "node:path";
 import { AgentRecords } from "../../src/agents/records";
 import { restartArgv, runRestart } from "../../src/agents/restart";
-import { checkStateDir, readTokenFile, StateDirError, writeTokenFile } from "../../src/agents/token-file";
+import { checkStateDir, readTokenFile, StateDirError, tokenFileStatus, writeTokenFile } from "../../src/agents/token-file";
 import { StateError, StateStore } from "../../src/store/state-store";
 import { tempDir } from "../support/tmp";
 
@@ -85,6 +85,26 @@ describe("token file", () => {
     expect(readdirSync(elsewhere)).toEqual(["matrix-token"]);
     expect(readFileSync(join(elsewhere, "matrix-token"), "utf8")).toBe("theirs\n");
     expect(readdirSync(join(root, "ok", "state"))).toEqual([]);
+  });
+});
+
+describe("token file status (for !hive agent info)", () => {
+  it("looks through the anchored dir: a symlinked dir or token is not reported as a token", () => {
+    const root = tempDir();
+    const elsewhere = tempDir();
+    writeFileSync(join(elsewhere, "matrix-token"), "theirs\n");
+    writeFileSync(join(stateDirOf(root, "ok"), "matrix-token"), "tok\n");
+    stateDirOf(root, "empty");
+    mkdirSync(join(root, "linked"));
+    symlinkSync(elsewhere, join(root, "linked", "state"));
+    symlinkSync(join(elsewhere, "matrix-token"), join(stateDirOf(root, "linktoken"), "matrix-token"));
+    expect(["ok", "empty", "linked", "linktoken", "absent"].map((n) => tokenFileStatus(root, n))).toEqual([
+      "ok",
+      "missing",
+      "none",
+      "missing",
+      "none",
+    ]);
   });
 });
 
