@@ -5,7 +5,7 @@
  */
 import type { Logger } from "./logging";
 import { errorFields } from "./logging";
-import type { Metrics } from "./metrics";
+import { eventTypeLabel, type Metrics } from "./metrics";
 import type { InboxEntry, MatrixEvent, TransactionStore } from "./store/transactions";
 
 export type EventHandler = (event: MatrixEvent) => Promise<void> | void;
@@ -74,7 +74,7 @@ export class EventQueue {
   }
 
   private async dispatch(event: MatrixEvent): Promise<void> {
-    this.metrics.events.inc({ type: event.type.length <= 64 ? event.type : "(long)" });
+    this.metrics.events.inc({ type: eventTypeLabel(event.type) });
     for (const handler of this.handlers) {
       try {
         await handler(event);

@@ -11,6 +11,38 @@ export async function countsBy<L extends string>(counter: Counter<L>, label: L):
   return counts;
 }
 
+/**
+ * Event types counted under their own label. Anyone in a room the bot shares can send events of
+ * any type, and each label value is a series kept forever: every other type counts as "other".
+ */
+const EVENT_TYPE_LABELS: ReadonlySet<string> = new Set([
+  "m.room.message",
+  "m.room.encrypted",
+  "m.room.member",
+  "m.room.create",
+  "m.room.power_levels",
+  "m.room.join_rules",
+  "m.room.name",
+  "m.room.topic",
+  "m.room.avatar",
+  "m.room.guest_access",
+  "m.room.history_visibility",
+  "m.room.canonical_alias",
+  "m.room.encryption",
+  "m.room.redaction",
+  "m.room.pinned_events",
+  "m.room.server_acl",
+  "m.room.tombstone",
+  "m.space.child",
+  "m.space.parent",
+  "m.reaction",
+  "m.sticker",
+]);
+
+export function eventTypeLabel(type: string): string {
+  return EVENT_TYPE_LABELS.has(type) ? type : "other";
+}
+
 export class Metrics {
   readonly registry = new Registry();
 
@@ -54,7 +86,7 @@ export class Metrics {
 
   readonly events = new Counter({
     name: "hive_matrix_events_total",
-    help: "Events received in transactions, by type.",
+    help: "Events received in transactions, by type (well-known types; every other type is 'other').",
     labelNames: ["type"] as const,
     registers: [this.registry],
   });

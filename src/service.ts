@@ -11,6 +11,7 @@ import { ServiceHiveApi } from "./hive-api";
 import { ReconcileLoop } from "./rooms/loop";
 import { RoomsReconciler } from "./rooms/reconciler";
 import type { DesiredMembers, ReconcileReport } from "./rooms/types";
+import { RefusalLog, loadMetricsToken } from "./appservice/auth";
 import { createAppserviceApp } from "./appservice/http";
 import { TransactionIntake } from "./appservice/intake";
 import { EventQueue } from "./events";
@@ -62,6 +63,7 @@ export class HiveMatrixService extends EventEmitter {
   lastPing: (PingResult & { at: number }) | undefined;
   lastPingReceived: { at: number; transactionId?: string } | undefined;
   private server: Server | undefined;
+  private refusals: RefusalLog | undefined;
   private ready = false;
   private stopping = false;
   private readonly abort = new AbortController();
@@ -228,6 +230,7 @@ export class HiveMatrixService extends EventEmitter {
         server.closeIdleConnections();
       });
     }
+    this.refusals?.flush();
     await this.transactions.flushAndClose();
     this.state.unlock();
     this.logger.info("hive-matrix stopped");
@@ -281,7 +284,9 @@ export class HiveMatrixService extends EventEmitter {
     }
   }
 
-  health(): { ready: boolean } & Record<string, unknown> {
+  /** Anyone on the host can ask; the details only with the metrics token (see appservice/http.ts). */
+  health(detailed = true): { ready: boolean } & Record<string, unknown> {
+    if (!detailed) return { ready: this.ready, live: true };
     return {
       ready: this.ready,
       live: true,
@@ -308,6 +313,10 @@ export class HiveMatrixService extends EventEmitter {
   }
 
   private listen(): Promise<void> {
+    const tokenFile = this.config.appservice.metricsTokenFile;
+    const metricsToken = tokenFile ? loadMetricsToken(tokenFile) : undefined;
+    this.scrubber?.add(metricsToken);
+    this.refusals = new RefusalLog(this.logger.child({ module: "appservice-http" }));
     const app = createAppserviceApp(
       {
         onTransaction: async (txnId, events, raw) => {
@@ -319,7 +328,7 @@ export class HiveMatrixService extends EventEmitter {
         onPing: (transactionId) => {
           this.lastPingReceived = { at: Date.now(), transactionId };
         },
-        health: () => this.health(),
+        health: (detailed) => this.health(detailed),
         metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
       },
       {
@@ -327,6 +336,8 @@ export class HiveMatrixService extends EventEmitter {
         maxBodyBytes: this.config.appservice.maxBodyBytes,
         logger: this.logger,
         metrics: this.metrics,
+        metricsToken,
+        refusals: this.refusals,
       },
     );
     return new Promise((resolve, reject) => {

@@ -7,7 +7,7 @@ import express, { type ErrorRequestHandler, type Request, type Response, type Ne
 import type { Logger } from "../logging";
 import type { Metrics } from "../metrics";
 import type { MatrixEvent } from "../store/transactions";
-import { authenticate } from "./auth";
+import { RefusalLog, authenticate, tokensEqual } from "./auth";
 
 export interface AppserviceHandlers {
   /**
@@ -20,8 +20,8 @@ export interface AppserviceHandlers {
   onUserQuery(userId: string): Promise<boolean>;
   /** Called when the homeserver pings us (POST /ping). */
   onPing(transactionId: string | undefined): void;
-  /** Health document for /health; `ready` decides 200 or 503. */
-  health(): { ready: boolean } & Record<string, unknown>;
+  /** Health document for /health; `ready` decides 200 or 503. Details only for a caller with the metrics token. */
+  health(detailed: boolean): { ready: boolean } & Record<string, unknown>;
   metrics(): Promise<{ contentType: string; body: string }>;
 }
 
@@ -30,6 +30,13 @@ export interface HttpOptions {
   maxBodyBytes: number;
   logger: Logger;
   metrics: Metrics;
+  /**
+   * Bearer token that /metrics requires (and that unlocks the details of /health); undefined
+   * turns /metrics off. Every agent container reaches this port over loopback.
+   */
+  metricsToken?: string;
+  /** Where refused homeserver requests are counted; default: a one-minute summary on this logger. */
+  refusals?: RefusalLog;
 }
 
 function matrixError(res: Response, status: number, errcode: string, error: string): void {
@@ -56,14 +63,25 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
   app.set("etag", false);
   const log = options.logger.child({ module: "appservice-http" });
 
-  app.get("/health", (_req, res) => {
-    const doc = handlers.health();
+  const refusals = options.refusals ?? new RefusalLog(log);
+  const metricsToken = options.metricsToken;
+  /** Only the header: a token in a query string ends up in access logs and shell history. */
+  const hasMetricsToken = (req: Request): boolean => {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+    return metricsToken !== undefined && match !== null && tokensEqual(match[1], metricsToken);
+  };
+
+  app.get("/health", (req, res) => {
+    const doc = handlers.health(hasMetricsToken(req));
     res.status(doc.ready ? 200 : 503).json(doc);
   });
   app.get("/live", (_req, res) => {
     res.json({ live: true });
   });
-  app.get("/metrics", (_req, res, next) => {
+  app.get("/metrics", (req, res, next) => {
+    if (metricsToken === undefined) return matrixError(res, 404, "M_NOT_FOUND", "Metrics are off: set appservice.metricsTokenFile");
+    if (!req.headers.authorization) return matrixError(res, 401, "M_MISSING_TOKEN", "Missing token");
+    if (!hasMetricsToken(req)) return matrixError(res, 403, "M_FORBIDDEN", "Bad token supplied");
     handlers
       .metrics()
       .then(({ contentType, body }) => res.type(contentType).send(body))
@@ -74,12 +92,7 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     const result = authenticate(req, options.hsToken);
     if (result.ok) return next();
     options.metrics.transactions.inc({ result: "unauthorized" });
-    log.warn(
-      { path: req.path.split("/").slice(0, 5).join("/"), status: result.status },
-      result.status === 401
-        ? "homeserver request without a token refused"
-        : "homeserver request with a wrong hs_token refused: the homeserver's copy of the registration differs from ours",
-    );
+    refusals.note(result.status, req.path.split("/").slice(0, 5).join("/"));
     matrixError(res, result.status, result.errcode, result.error);
   };
   const json = express.json({

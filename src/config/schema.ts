@@ -88,6 +88,13 @@ export const configSchema = z
           .positive()
           .default(20_000_000)
           .describe("Largest transaction body accepted from the homeserver; larger ones get 413."),
+        metricsTokenFile: z
+          .string()
+          .default("")
+          .describe(
+            "File holding the bearer token that GET /metrics requires (and that shows the details of /health); " +
+              "empty: /metrics is off. Every agent container reaches this port over loopback, so there is no open /metrics.",
+          ),
       })
       .strict()
       .default({})

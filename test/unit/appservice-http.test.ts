@@ -1,11 +1,19 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { RefusalLog } from "../../src/appservice/auth";
+import { createAppserviceApp } from "../../src/appservice/http";
 import { parseConfig } from "../../src/config/load";
+import { createLogger } from "../../src/logging";
+import { Metrics } from "../../src/metrics";
 import { buildRegistration, newToken, type Registration } from "../../src/registration";
 import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { FakeHomeserver, type Flavour } from "../support/fake-homeserver";
 import { freePort } from "../../dev/synapse";
+import { captureLogs } from "../support/logs";
 import { startRecordedService } from "../support/service";
 import { tempDir } from "../support/tmp";
+import { until } from "../support/wait";
 
 interface Harness {
   hs: FakeHomeserver;
@@ -19,7 +27,14 @@ interface Harness {
 
 async function startService(
   flavour: Flavour,
-  opts: { stateDir?: string; hsTokenSentByHomeserver?: string; maxBodyBytes?: number; registration?: Registration; port?: number } = {},
+  opts: {
+    stateDir?: string;
+    hsTokenSentByHomeserver?: string;
+    maxBodyBytes?: number;
+    registration?: Registration;
+    port?: number;
+    metricsToken?: string;
+  } = {},
 ): Promise<Harness> {
   const port = opts.port ?? (await freePort());
   const stateDir = opts.stateDir ?? tempDir();
@@ -36,9 +51,14 @@ async function startService(
     appserviceUrl: url,
   });
   await hs.start();
+  let metricsTokenFile = "";
+  if (opts.metricsToken !== undefined) {
+    metricsTokenFile = join(tempDir(), "metrics-token");
+    writeFileSync(metricsTokenFile, `${opts.metricsToken}\n`, { mode: 0o600 });
+  }
   const config = parseConfig({
     homeserver: { url: hs.url, domain: "hive.test", maxRetries: 0 },
-    appservice: { port, url, maxBodyBytes: opts.maxBodyBytes ?? 20_000_000 },
+    appservice: { port, url, maxBodyBytes: opts.maxBodyBytes ?? 20_000_000, metricsTokenFile },
     stateDir,
     logging: { level: "debug" },
   });
@@ -76,8 +96,9 @@ async function put(
 
 describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-like homeserver", (flavour) => {
   let h: Harness;
+  const metricsToken = newToken();
   beforeAll(async () => {
-    h = await startService(flavour);
+    h = await startService(flavour, { metricsToken });
   });
   afterAll(async () => stopAll(h));
 
@@ -86,7 +107,7 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
     expect(h.hs.users.has("@hive:hive.test")).toBe(true);
     expect(h.service.lastPing).toMatchObject({ ok: true });
     expect(h.service.lastPingReceived).toBeDefined();
-    const health = await fetch(`${h.url}/health`);
+    const health = await fetch(`${h.url}/health`, { headers: { Authorization: `Bearer ${metricsToken}` } });
     expect(health.status).toBe(200);
     expect(await health.json()).toMatchObject({ ready: true, ping: { ok: true } });
   });
@@ -174,10 +195,45 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
     expect(wrongMethod.status).toBe(405);
   });
 
-  it("exposes Prometheus metrics", async () => {
-    const text = await (await fetch(`${h.url}/metrics`)).text();
+  it("exposes Prometheus metrics to the holder of the metrics token only", async () => {
+    const auth = (token: string): RequestInit => ({ headers: { Authorization: `Bearer ${token}` } });
+    expect(await (await fetch(`${h.url}/metrics`)).json()).toEqual({ errcode: "M_MISSING_TOKEN", error: "Missing token" });
+    for (const [status, init] of [
+      [401, {}],
+      [403, auth("wrong")],
+      [403, auth(h.registration.hs_token)],
+      [403, auth(`${metricsToken}x`)],
+      [403, { headers: { Authorization: metricsToken } }],
+    ] as const) {
+      const res = await fetch(`${h.url}/metrics`, init);
+      expect(res.status).toBe(status);
+      expect(await res.text()).not.toContain("hive_matrix");
+    }
+    // Not in the query string: that ends up in logs.
+    expect((await fetch(`${h.url}/metrics?access_token=${metricsToken}`)).status).toBe(401);
+    const text = await (await fetch(`${h.url}/metrics`, auth(metricsToken))).text();
     expect(text).toMatch(/hive_matrix_transactions_total\{result="duplicate"\} [1-9]/);
     expect(text).toMatch(/hive_matrix_homeserver_requests_total\{method="POST",route="\/_matrix\/client\/v3\/register",outcome="200"\} 1/);
+  });
+
+  it("shows anyone whether it is ready, and nothing else without the metrics token", async () => {
+    for (const init of [{}, { headers: { Authorization: "Bearer wrong" } }]) {
+      const res = await fetch(`${h.url}/health`, init);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ ready: true, live: true });
+    }
+  });
+
+  it("counts events of unknown types as 'other', so the label set stays bounded", async () => {
+    const types = Array.from({ length: 300 }, (_, i) => `com.example.spam.${i}.${newToken().slice(0, 8)}`);
+    const events = types.map((type, i) => ({ ...event(1000 + i), type }));
+    expect(await h.hs.pushTransaction(`spam-${flavour}`, { events })).toEqual({ status: 200, body: {} });
+    await h.service.events.idle();
+    const text = await (await fetch(`${h.url}/metrics`, { headers: { Authorization: `Bearer ${metricsToken}` } })).text();
+    const labels = [...text.matchAll(/^hive_matrix_events_total\{type="([^"]*)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])] as const);
+    expect(labels.find(([type]) => type === "other")?.[1]).toBeGreaterThanOrEqual(300);
+    expect(labels.every(([type]) => type === "other" || type.startsWith("m."))).toBe(true);
+    for (const type of types) expect(text).not.toContain(type);
   });
 
   it("never logs a token", () => {
@@ -185,6 +241,7 @@ describe.each<Flavour>(["synapse", "tuwunel"])("appservice HTTP API with a %s-li
     expect(all.length).toBeGreaterThan(0);
     expect(all).not.toContain(h.registration.as_token);
     expect(all).not.toContain(h.registration.hs_token);
+    expect(all).not.toContain(metricsToken);
   });
 });
 
@@ -300,5 +357,72 @@ describe("body limit and ping failures", () => {
     const log = h.logs.join("");
     expect(log).toMatch(/homeserver could not ping the appservice: the appservice refused the homeserver's hs_token \(HTTP 403\)/);
     await stopAll(h);
+  });
+});
+
+describe("metrics off and refused requests", () => {
+  it("without appservice.metricsTokenFile, /metrics is off", async () => {
+    const h = await startService("synapse");
+    const res = await fetch(`${h.url}/metrics`, { headers: { Authorization: `Bearer ${h.registration.hs_token}` } });
+    expect(res.status).toBe(404);
+    expect(await res.json()).toEqual({ errcode: "M_NOT_FOUND", error: "Metrics are off: set appservice.metricsTokenFile" });
+    await stopAll(h);
+  });
+
+  it("refuses to start with a metrics token file others can read, or one too short", async () => {
+    for (const [text, mode, message] of [
+      [newToken(), 0o644, /readable by every user/],
+      ["short", 0o600, /at least 16 characters/],
+    ] as const) {
+      const file = join(tempDir(), "metrics-token");
+      writeFileSync(file, text, { mode });
+      const config = parseConfig({
+        homeserver: { url: "http://127.0.0.1:1", domain: "hive.test", startupWaitSeconds: 1 },
+        appservice: { port: await freePort(), metricsTokenFile: file },
+        stateDir: tempDir(),
+      });
+      const registration = buildRegistration(config, { asToken: newToken(), hsToken: newToken() });
+      await expect(startRecordedService(config, registration)).rejects.toThrow(message);
+    }
+  });
+
+  it("logs the first refused request of an interval, then one line with the count", async () => {
+    const { lines, destination } = captureLogs();
+    const { logger } = createLogger({ level: "debug", destination });
+    const refusals = new RefusalLog(logger, { intervalMs: 3000 });
+    const app = createAppserviceApp(
+      {
+        onTransaction: async () => "accepted",
+        onUserQuery: async () => false,
+        onPing: () => undefined,
+        health: () => ({ ready: true }),
+        metrics: async () => ({ contentType: "text/plain", body: "" }),
+      },
+      { hsToken: newToken(), maxBodyBytes: 1000, logger, metrics: new Metrics(), refusals },
+    );
+    const server = app.listen(0, "127.0.0.1");
+    await new Promise((r) => server.once("listening", r));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const warnings = (): string[] => lines.filter((l) => l.includes('"level":40'));
+    try {
+      for (let i = 0; i < 30; i++) expect((await put(url, `/_matrix/app/v1/transactions/n${i}`, {})).status).toBe(401);
+      for (let i = 0; i < 20; i++) expect((await put(url, `/_matrix/app/v1/transactions/w${i}`, { token: "wrong" })).status).toBe(403);
+      expect(warnings()).toHaveLength(1);
+      expect(warnings()[0]).toContain("homeserver request without a token refused");
+      await until(() => warnings().length === 2, 10_000);
+      expect(JSON.parse(warnings()[1])).toMatchObject({
+        missingToken: 29,
+        wrongToken: 20,
+        msg: "49 more homeserver request(s) refused for a missing or wrong hs_token since the last warning",
+      });
+      // A new interval starts with the next refusal, logged at once.
+      expect((await put(url, "/_matrix/app/v1/transactions/again", { token: "wrong" })).status).toBe(403);
+      expect(warnings()).toHaveLength(3);
+      expect(warnings()[2]).toContain("wrong hs_token refused");
+      refusals.flush();
+      expect(warnings()).toHaveLength(3);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
