@@ -1,9 +1,12 @@
 /**
  * From a room event to a command and its one reply. Filters first (silently): other rooms, other
  * event types, the appservice's own users (so bots cannot loop), anything but an `m.text` starting
- * with `!hive`, edits, events already handled. Then, in order, one command at a time: permission,
- * parsing and validation against the table, confirmation of destructive commands, the handler.
- * Nothing escapes: every failure becomes a reply and a log line.
+ * with `!hive`, edits, events already handled. Then permission, before anything is written: a
+ * command its sender may not run is never recorded in commands-seen.json (anyone in the room could
+ * otherwise make the bot rewrite that file at will), and its sender gets at most one refusal per
+ * `REFUSAL_INTERVAL_MS`. Then, in order, one command at a time: parsing and validation against the
+ * table, confirmation of destructive commands, the handler. Nothing escapes: every failure becomes
+ * a reply and a log line.
  */
 import { Counter } from "prom-client";
 import type { Config } from "../config/schema";
@@ -20,7 +23,21 @@ import type { Progress, Replies, ReplyTarget } from "./replies";
 import type { SeenCommands } from "./seen";
 import { PREFIX, type CommandContext, type CommandDef, type Invocation, type Permission } from "./table";
 
-export type IgnoreReason = "other-room" | "not-a-message" | "not-a-command" | "appservice-user" | "edit" | "no-event-id" | "duplicate";
+export type IgnoreReason =
+  | "other-room"
+  | "not-a-message"
+  | "not-a-command"
+  | "appservice-user"
+  | "edit"
+  | "no-event-id"
+  | "duplicate"
+  /** Not allowed, and its sender was refused less than REFUSAL_INTERVAL_MS ago: no reply. */
+  | "refusal-throttled";
+
+/** A sender who may not command gets at most one refusal per this interval. */
+export const REFUSAL_INTERVAL_MS = 60_000;
+/** Refused event IDs remembered (in memory) so that a redelivery is not refused twice. */
+const REFUSED_REMEMBERED = 1000;
 
 export type Outcome =
   | { kind: "ignored"; reason: IgnoreReason }
@@ -54,6 +71,8 @@ interface Job {
   line: string;
   /** Set when the event could not be recorded as seen: then it must not run. */
   unrecorded?: unknown;
+  /** Its sender may not run it: the job is the refusal (never recorded as seen). */
+  refuse?: boolean;
 }
 
 interface Running {
@@ -85,6 +104,9 @@ export class CommandProcessor {
   private readonly counter: Counter<"command" | "outcome"> | undefined;
   private queue: Promise<void> = Promise.resolve();
   private pending = 0;
+  /** Sender → when they were last refused; refused event IDs (insertion order = age). */
+  private readonly lastRefusal = new Map<string, number>();
+  private readonly refused = new Set<string>();
 
   constructor(private readonly deps: ProcessorDeps) {
     this.table = deps.table ?? COMMANDS;
@@ -154,15 +176,41 @@ export class CommandProcessor {
     if (content["m.new_content"] !== undefined || relates?.rel_type === "m.replace") return { ignored: "edit" };
     const eventId = event.event_id;
     if (typeof eventId !== "string" || eventId === "") return { ignored: "no-event-id" };
-    if (this.deps.seen.has(eventId)) return { ignored: "duplicate" };
+    if (this.deps.seen.has(eventId) || this.refused.has(eventId)) return { ignored: "duplicate" };
     const threadId = relates?.rel_type === "m.thread" && typeof relates.event_id === "string" ? relates.event_id : undefined;
     const target: ReplyTarget = { roomId, eventId, sender, threadId };
+    if (!this.deps.config.operators.includes(sender) && !this.memberMayRun(line)) {
+      if (!this.refusalDue(sender)) return { ignored: "refusal-throttled" };
+      this.refused.add(eventId);
+      if (this.refused.size > REFUSED_REMEMBERED) this.refused.delete(this.refused.values().next().value as string);
+      return { job: { target, line, refuse: true } };
+    }
     try {
       this.deps.seen.add(eventId, target);
     } catch (err) {
       return { job: { target, line, unrecorded: err } };
     }
     return { job: { target, line } };
+  }
+
+  /** Whether a non-operator may run `line`: a command of the table open to every member. */
+  private memberMayRun(line: string): boolean {
+    const parsed = parseLine(line);
+    if (!parsed.ok) return false;
+    const bound = bind(parsed.value, this.table, { config: this.deps.config, isAppserviceUser: this.deps.isAppserviceUser });
+    return bound.ok && allowed(bound.invocation.command.permission, false);
+  }
+
+  /** True (and the time noted) when `sender` was not refused within the interval. */
+  private refusalDue(sender: string): boolean {
+    const now = Date.now();
+    const last = this.lastRefusal.get(sender);
+    if (last !== undefined && now - last < REFUSAL_INTERVAL_MS) return false;
+    // Re-inserted, so the map stays ordered by time and the oldest entry is dropped first.
+    this.lastRefusal.delete(sender);
+    this.lastRefusal.set(sender, now);
+    if (this.lastRefusal.size > REFUSED_REMEMBERED) this.lastRefusal.delete(this.lastRefusal.keys().next().value as string);
+    return true;
   }
 
   private async execute(job: Job): Promise<Outcome> {
@@ -194,6 +242,10 @@ export class CommandProcessor {
   /** Everything that may throw; `execute` turns a throw into an error reply. */
   private async run(job: Job, reply: (message: Rich) => Promise<void>, running: Running): Promise<Outcome> {
     const { target } = job;
+    if (job.refuse) {
+      await reply(REFUSAL);
+      return { kind: "refused" };
+    }
     if (job.unrecorded !== undefined) {
       this.deps.logger.error(
         { eventId: target.eventId, ...errorFields(job.unrecorded) },

@@ -3,7 +3,7 @@
  * Who may command, what is ignored, once-only execution across restarts, confirmation,
  * progress edits, error replies.
  */
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { CommandError } from "../../src/control/api";
@@ -156,32 +156,92 @@ describe("who is obeyed", () => {
 });
 
 describe("what is ignored", () => {
-  it.each<[string, MatrixEvent]>([
+  it.each<[string, MatrixEvent, Outcome | undefined]>([
     [
       "an edit (m.new_content)",
       message("!hive agent remove x --yes", { content: { "m.new_content": { msgtype: "m.text", body: "!hive agent remove x --yes" } } }),
+      { kind: "ignored", reason: "edit" },
     ],
     [
       "an edit (m.replace)",
       message("* !hive agent remove x --yes", {
         content: { body: "!hive agent remove x --yes", "m.relates_to": { rel_type: "m.replace", event_id: "$old" } },
       }),
+      { kind: "ignored", reason: "edit" },
     ],
-    ["a notice", message("!hive help", { content: { msgtype: "m.notice" } })],
-    ["an emote", message("!hive help", { content: { msgtype: "m.emote" } })],
-    ["another room", message("!hive help", { roomId: "!chat:hive.test" })],
-    ["text that is not a command", message("hello !hive help")],
-    ["a prefix without a space", message("!hivehelp")],
-    ["a body that is not a string", message("x", { content: { body: 42 } })],
-    ["a redacted message", { ...message("x"), content: {} }],
-    ["a state event", { ...message("!hive help"), state_key: "" }],
-  ])("%s", async (_what, event) => {
+    ["a notice", message("!hive help", { content: { msgtype: "m.notice" } }), { kind: "ignored", reason: "not-a-command" }],
+    ["an emote", message("!hive help", { content: { msgtype: "m.emote" } }), { kind: "ignored", reason: "not-a-command" }],
+    // Events from other rooms do not even reach the processor.
+    ["another room", message("!hive help", { roomId: "!chat:hive.test" }), undefined],
+    ["text that is not a command", message("hello !hive help"), { kind: "ignored", reason: "not-a-command" }],
+    ["a prefix without a space", message("!hivehelp"), { kind: "ignored", reason: "not-a-command" }],
+    ["a body that is not a string", message("x", { content: { body: 42 } }), { kind: "ignored", reason: "not-a-command" }],
+    ["a redacted message", { ...message("x"), content: {} }, { kind: "ignored", reason: "not-a-command" }],
+    ["a state event", { ...message("!hive help"), state_key: "" }, { kind: "ignored", reason: "not-a-message" }],
+  ])("%s", async (_what, event, expected) => {
     const s = await setup();
     await s.send(event);
-    // Events from other rooms do not even reach the processor.
-    expect(s.outcomes.get(event.event_id!)?.kind ?? "ignored").toBe("ignored");
+    expect(s.outcomes.get(event.event_id!)).toEqual(expected);
     expect(s.bot.sent).toEqual([]);
     expect(s.api.calls).toEqual([]);
+    // A later command is answered: the silence above is the filter, not a processor that never ran.
+    const later = message("!hive version");
+    expect(await s.send(later)).toEqual({ kind: "done", command: "version" });
+    expect(s.bot.repliesTo(later.event_id!)).toHaveLength(1);
+  });
+});
+
+describe("commands from people who may not give them", () => {
+  afterEach(() => jest.restoreAllMocks());
+
+  it("records nothing, and answers a sender at most once a minute however much they send", async () => {
+    const s = await setup();
+    const seenFile = join(s.state.dir, "commands-seen.json");
+    const spam = Array.from({ length: 30 }, (_, i) =>
+      message(i % 2 ? `!hive agent remove x --yes` : `!hive nonsense ${i}`, { sender: STRANGER }),
+    );
+    for (const e of spam) await s.send(e);
+    expect(spam.map((e) => s.outcomes.get(e.event_id!)?.kind)).toEqual(["refused", ...Array(29).fill("ignored")]);
+    expect(s.outcomes.get(spam[1].event_id!)).toEqual({ kind: "ignored", reason: "refusal-throttled" });
+    expect(s.bot.sent).toHaveLength(1);
+    expect(only(s.bot.repliesTo(spam[0].event_id!)).content.body).toBe("Sorry, only the hive's operators can give commands here.");
+    expect(s.api.calls).toEqual([]);
+    expect(existsSync(seenFile)).toBe(false);
+
+    // Another sender has their own allowance; the first one gets one again a minute later.
+    const other = message("!hive help", { sender: `@other:hive.test` });
+    expect(await s.send(other)).toEqual({ kind: "refused" });
+    const now = Date.now();
+    jest.spyOn(Date, "now").mockReturnValue(now + 59_000);
+    expect(await s.send(message("!hive help", { sender: STRANGER }))).toEqual({ kind: "ignored", reason: "refusal-throttled" });
+    jest.spyOn(Date, "now").mockReturnValue(now + 61_000);
+    expect(await s.send(message("!hive help", { sender: STRANGER }))).toEqual({ kind: "refused" });
+    expect(s.bot.sent).toHaveLength(3);
+    expect(existsSync(seenFile)).toBe(false);
+
+    // The operator's command is recorded as usual.
+    const op = message("!hive version");
+    expect(await s.send(op)).toEqual({ kind: "done", command: "version" });
+    expect(readFileSync(seenFile, "utf8")).toContain(op.event_id!);
+    expect(readFileSync(seenFile, "utf8")).not.toContain(spam[0].event_id!);
+  });
+
+  it("does not refuse a redelivered event twice", async () => {
+    const s = await setup();
+    const e = message("!hive agent remove x --yes", { sender: STRANGER });
+    expect(await s.send(e)).toEqual({ kind: "refused" });
+    jest.spyOn(Date, "now").mockReturnValue(Date.now() + 120_000);
+    expect(await s.send({ ...e })).toEqual({ kind: "ignored", reason: "duplicate" });
+    expect(s.bot.sent).toHaveLength(1);
+  });
+
+  it("records and runs a command open to every member", async () => {
+    const table: CommandDef[] = [{ name: "ping", summary: "anyone", permission: "member", run: async () => para("pong") }];
+    const s = await setup({ table });
+    const e = message("!hive ping", { sender: STRANGER });
+    expect(await s.send(e)).toEqual({ kind: "done", command: "ping" });
+    expect(readFileSync(join(s.state.dir, "commands-seen.json"), "utf8")).toContain(e.event_id!);
+    expect(await s.send({ ...e })).toEqual({ kind: "ignored", reason: "duplicate" });
   });
 });
 

@@ -174,6 +174,13 @@ describe("hostile input through the control room", () => {
           expect(api.calls).toEqual([]);
           return;
         }
+        if (from === STRANGER && outcome?.kind !== "refused") {
+          // Refused within the last minute already: no reply at all, nothing called.
+          expect(outcome).toEqual({ kind: "ignored", reason: "refusal-throttled" });
+          expect(sent).toEqual([]);
+          expect(api.calls).toEqual([]);
+          return;
+        }
         // Exactly one reply to the command (progress edits aside).
         expect(replies).toHaveLength(1);
         expect(outcome).toBeDefined();
