@@ -117,6 +117,8 @@ export class HiveMatrixService extends EventEmitter {
     this.roomsLoop = new ReconcileLoop(reconciling, {
       members: () => this.agents.membership(),
       intervalSeconds: this.config.rooms.reconcileIntervalSeconds,
+      eventDelayMs: this.config.rooms.eventDelayMs,
+      minEventIntervalMs: this.config.rooms.minEventIntervalSeconds * 1000,
       logger: this.logger,
     });
     this.control = new ControlRoom({

@@ -195,6 +195,21 @@ export const configSchema = z
           .min(0)
           .default(600)
           .describe("Periodic reconcile of the rooms against the desired state; 0 turns the timer off."),
+        eventDelayMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(500)
+          .describe("A change to the rooms seen in an event waits this long for more before the rooms are reconciled."),
+        minEventIntervalSeconds: z
+          .number()
+          .min(0)
+          .max(3600)
+          .default(5)
+          .describe(
+            "Reconciles caused by events start at least this long after the previous reconcile started (room members cannot flood the homeserver through hive-matrix).",
+          ),
       })
       .strict()
       // One alias cannot point to both rooms: the reconcile would move it back and forth.

@@ -1,8 +1,12 @@
 /**
  * When the rooms are reconciled: at start, on a timer, when the agents change, and when an event
- * touches one of the rooms. Bursts coalesce: one run at a time, and any number of triggers during
- * a run cause exactly one follow-up run. The reconciler's own writes come back as events and
- * trigger that follow-up, which finds nothing to change and writes nothing, so it ends there.
+ * changes something the reconcile owns (see relevance.ts). Bursts coalesce: one run at a time, and
+ * any number of triggers during a run cause exactly one follow-up run.
+ *
+ * Events are what other users control, so they are also rate-bounded: an event waits
+ * `eventDelayMs` for others to join it, and event-triggered runs start at least
+ * `minEventIntervalMs` after the previous run started. A run that starts for any other reason
+ * reads the rooms afresh and so answers the events that arrived before it.
  */
 import type { Logger } from "../logging";
 import { errorFields } from "../logging";
@@ -18,6 +22,10 @@ export interface ReconcileLoopOptions {
   members: () => DesiredMembers;
   /** Periodic reconcile; 0 turns the timer off. */
   intervalSeconds: number;
+  /** How long a relevant event waits for others before it triggers a run (default 500 ms). */
+  eventDelayMs?: number;
+  /** Least time between the start of one run and an event-triggered run (default 5 s). */
+  minEventIntervalMs?: number;
   logger: Logger;
 }
 
@@ -37,6 +45,10 @@ export class ReconcileLoop {
   private queued: Batch | undefined;
   private driver: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Reasons of relevant events not yet answered by a run, and the timer that will start one. */
+  private readonly eventReasons = new Set<string>();
+  private eventTimer: NodeJS.Timeout | undefined;
+  private lastRunStarted = 0;
   private stopped = false;
   private readonly log: Logger;
   /** Runs made so far (for status and tests). */
@@ -76,9 +88,20 @@ export class ReconcileLoop {
     return this.reconciler.isRelevant(event);
   }
 
-  /** An event handler for the service: triggers a run when the event touches the rooms, without waiting for it. */
+  /** An event handler for the service: schedules a run when the event touches what the reconcile owns, without waiting for it. */
   onEvent(event: MatrixEvent): void {
-    if (this.isRelevant(event)) void this.trigger(`${event.type} in ${event.room_id ?? "?"}`);
+    if (this.stopped || !this.isRelevant(event)) return;
+    // Bounded: the relevant types and the two rooms are few.
+    this.eventReasons.add(`${event.type} in ${event.room_id ?? "?"}`);
+    if (this.eventTimer) return;
+    const delay = this.options.eventDelayMs ?? 500;
+    const wait = Math.max(delay, this.lastRunStarted + (this.options.minEventIntervalMs ?? 5000) - Date.now());
+    this.eventTimer = setTimeout(() => {
+      this.eventTimer = undefined;
+      if (this.eventReasons.size > 0) void this.trigger([...this.eventReasons].join(", "));
+      this.eventReasons.clear();
+    }, wait);
+    this.eventTimer.unref();
   }
 
   get running(): boolean {
@@ -90,6 +113,9 @@ export class ReconcileLoop {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    clearTimeout(this.eventTimer);
+    this.eventTimer = undefined;
+    this.eventReasons.clear();
     await this.driver;
   }
 
@@ -110,7 +136,15 @@ export class ReconcileLoop {
   }
 
   private async runOnce(reasons: string[]): Promise<ReconcileReport | undefined> {
+    // This run reads the rooms after every event noted so far: they need no run of their own.
+    if (this.eventReasons.size > 0) {
+      reasons.push(...this.eventReasons);
+      this.eventReasons.clear();
+      clearTimeout(this.eventTimer);
+      this.eventTimer = undefined;
+    }
     const reason = [...new Set(reasons)].join(", ");
+    this.lastRunStarted = Date.now();
     this.runs++;
     try {
       return await this.reconciler.reconcile(this.options.members(), reason);

@@ -20,6 +20,7 @@ import { createRoomBody, desiredChat, desiredRoom, desiredSpace, inviteReason, r
 import { diffRoom } from "./diff";
 import { roomsMetrics, type RoomsMetrics } from "./metrics";
 import { RoomApi } from "./room-api";
+import { Relevance } from "./relevance";
 import { RoomFiles } from "./room-files";
 import type { ActualRoom, Change, Departure, DesiredMembers, ReconcileReport, RoomKey } from "./types";
 import { ROOM_KEYS, ROOM_LABEL } from "./types";
@@ -62,11 +63,13 @@ export class RoomsReconciler {
   private ids: Partial<Record<RoomKey, string>> | undefined;
   /** Rooms each alias was moved away from by this instance: moving it from one of them again is a tug of war. */
   private readonly aliasTakenFrom = new Map<string, Set<string>>();
+  private readonly relevance: Relevance;
 
   constructor(private readonly deps: RoomsDeps) {
     this.files = new RoomFiles(deps.state);
     this.log = deps.logger.child({ module: "rooms" });
     this.stats = roomsMetrics(deps.metrics);
+    this.relevance = new Relevance(deps.botUserId);
   }
 
   get lastReport(): ReconcileReport | undefined {
@@ -103,12 +106,11 @@ export class RoomsReconciler {
     return joined;
   }
 
-  /** Whether an appservice event may have changed one of the two rooms (state or membership). */
+  /** Whether an appservice event changed something a reconcile of the two rooms owns (see relevance.ts). */
   isRelevant(event: MatrixEvent): boolean {
     const ids = this.knownIds();
     if (!event.room_id || (event.room_id !== ids.space && event.room_id !== ids.chat)) return false;
-    // A redaction can strip a state event's content, so it counts as a state change.
-    return typeof event.state_key === "string" || event.type === "m.room.redaction";
+    return this.relevance.isRelevant(event);
   }
 
   /** One full pass. Never throws: failures end up in the report's `problems` and in the log. */
@@ -133,6 +135,7 @@ export class RoomsReconciler {
       const previous = { space: this.files.readId("space"), chat: this.files.readId("chat") };
       for (const key of ROOM_KEYS) this.files.removeId(key);
       this.ids = {};
+      this.relevance.forget();
       this.log.warn({ previous }, "forgot the hive's rooms; the next reconcile creates new ones");
       return previous;
     });
@@ -242,7 +245,9 @@ export class RoomsReconciler {
     for (const key of ROOM_KEYS) {
       const room = actual[key];
       if (!room) continue;
-      const plan = diffRoom(desiredRoom(key, config, { ...inputsBase, spaceId, chatId }), room, left);
+      const desired = desiredRoom(key, config, { ...inputsBase, spaceId, chatId });
+      this.relevance.learn(desired, room);
+      const plan = diffRoom(desired, room, left);
       for (const problem of plan.problems) {
         report.problems.push(problem);
         this.log.error({ roomId: room.roomId }, problem);
@@ -330,6 +335,7 @@ export class RoomsReconciler {
     }
     try {
       await this.applyChange(api, roomId, change);
+      this.relevance.applied(roomId, change);
       if (change.op === "alias" && change.from) {
         const from = this.aliasTakenFrom.get(change.alias) ?? new Set<string>();
         this.aliasTakenFrom.set(change.alias, from.add(change.from));

@@ -49,14 +49,21 @@ class FakeReconciler implements Reconciling {
 
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-function loop(fake: FakeReconciler, intervalSeconds = 0, members?: () => DesiredMembers): { loop: ReconcileLoop; logs: string[] } {
+function loop(
+  fake: FakeReconciler,
+  intervalSeconds = 0,
+  members?: () => DesiredMembers,
+  events: { eventDelayMs?: number; minEventIntervalMs?: number } = {},
+): { loop: ReconcileLoop; logs: string[] } {
   const { lines, destination } = captureLogs();
   const { logger } = createLogger({ level: "debug", destination });
   return {
-    loop: new ReconcileLoop(fake, { members: members ?? (() => ({ agents: ["@a:x"], leaving: [] })), intervalSeconds, logger }),
+    loop: new ReconcileLoop(fake, { members: members ?? (() => ({ agents: ["@a:x"], leaving: [] })), intervalSeconds, logger, ...events }),
     logs: lines,
   };
 }
+
+const relevant = (n: number): MatrixEvent => ({ type: "m.room.join_rules", room_id: SPACE, state_key: "", content: { n } });
 
 describe("ReconcileLoop", () => {
   it("triggers in the same tick make one run, with the members asked at run time", async () => {
@@ -146,17 +153,73 @@ describe("ReconcileLoop", () => {
     expect(idle.calls.map((c) => c.reason)).toEqual(["startup"]);
   });
 
-  it("relevant events trigger a run, others do not", async () => {
-    const fake = new FakeReconciler();
-    fake.autoRelease = true;
-    const { loop: l } = loop(fake);
-    l.onEvent({ type: "m.room.message", room_id: SPACE, content: {} });
-    l.onEvent({ type: "m.room.member", room_id: "!other:x", state_key: "@a:x", content: {} });
-    await tick();
-    expect(fake.calls).toHaveLength(0);
-    l.onEvent({ type: "m.room.join_rules", room_id: SPACE, state_key: "", content: {} });
-    await tick();
-    await tick();
-    expect(fake.calls.map((c) => c.reason)).toEqual([`m.room.join_rules in ${SPACE}`]);
+  describe("runs caused by events", () => {
+    beforeEach(() => jest.useFakeTimers());
+    afterEach(() => jest.useRealTimers());
+
+    it("relevant events trigger a run after the delay, others never do", async () => {
+      const fake = new FakeReconciler();
+      fake.autoRelease = true;
+      const { loop: l } = loop(fake, 0, undefined, { eventDelayMs: 500, minEventIntervalMs: 0 });
+      l.onEvent({ type: "m.room.message", room_id: SPACE, content: {} });
+      l.onEvent({ type: "m.room.member", room_id: "!other:x", state_key: "@a:x", content: {} });
+      await jest.advanceTimersByTimeAsync(10_000);
+      expect(fake.calls).toHaveLength(0);
+      l.onEvent(relevant(1));
+      await jest.advanceTimersByTimeAsync(499);
+      expect(fake.calls).toHaveLength(0);
+      await jest.advanceTimersByTimeAsync(1);
+      expect(fake.calls.map((c) => c.reason)).toEqual([`m.room.join_rules in ${SPACE}`]);
+      await l.stop();
+    });
+
+    it("a burst of 100 events makes one run, and event runs start minEventIntervalMs apart", async () => {
+      const fake = new FakeReconciler();
+      fake.autoRelease = true;
+      const { loop: l } = loop(fake, 0, undefined, { eventDelayMs: 100, minEventIntervalMs: 5000 });
+      const startedAt: number[] = [];
+      const reconcile = fake.reconcile.bind(fake);
+      fake.reconcile = (members, reason) => {
+        startedAt.push(Date.now());
+        return reconcile(members, reason);
+      };
+      for (let i = 0; i < 100; i++) l.onEvent(relevant(i));
+      await jest.advanceTimersByTimeAsync(100);
+      expect(fake.calls).toHaveLength(1);
+      // A second burst right after the run: held until 5 s after the first run started.
+      for (let i = 0; i < 100; i++) {
+        l.onEvent(relevant(i));
+        await jest.advanceTimersByTimeAsync(40);
+      }
+      expect(fake.calls).toHaveLength(1);
+      await jest.advanceTimersByTimeAsync(1000);
+      expect(fake.calls).toHaveLength(2);
+      expect(startedAt[1] - startedAt[0]).toBe(5000);
+      await jest.advanceTimersByTimeAsync(60_000);
+      expect(fake.calls).toHaveLength(2);
+      await l.stop();
+    });
+
+    it("a run started for another reason answers the events noted before it", async () => {
+      const fake = new FakeReconciler();
+      fake.autoRelease = true;
+      const { loop: l } = loop(fake, 0, undefined, { eventDelayMs: 500, minEventIntervalMs: 0 });
+      l.onEvent(relevant(1));
+      await l.trigger("sync command");
+      expect(fake.calls.map((c) => c.reason)).toEqual([`sync command, m.room.join_rules in ${SPACE}`]);
+      await jest.advanceTimersByTimeAsync(60_000);
+      expect(fake.calls).toHaveLength(1);
+      await l.stop();
+    });
+
+    it("stop() drops an event run that is waiting", async () => {
+      const fake = new FakeReconciler();
+      fake.autoRelease = true;
+      const { loop: l } = loop(fake, 0, undefined, { eventDelayMs: 500, minEventIntervalMs: 0 });
+      l.onEvent(relevant(1));
+      await l.stop();
+      await jest.advanceTimersByTimeAsync(60_000);
+      expect(fake.calls).toHaveLength(0);
+    });
   });
 });
