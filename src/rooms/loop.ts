@@ -108,6 +108,11 @@ export class ReconcileLoop {
     return this.driver !== undefined;
   }
 
+  /** Whether events are waiting for a run (see onEvent). */
+  get waiting(): boolean {
+    return this.eventTimer !== undefined;
+  }
+
   /** Stops the timer and waits for the run in progress; a pending follow-up is dropped. */
   async stop(): Promise<void> {
     this.stopped = true;
