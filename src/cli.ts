@@ -210,6 +210,8 @@ async function runService(configPath: string): Promise<number> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  // Re-reads the registration (new agents under the {name} template); the file is watched too.
+  process.on("SIGHUP", () => void service.reloadRegistration("SIGHUP"));
   try {
     await service.start();
   } catch (e) {

@@ -149,6 +149,9 @@ export class ServiceHiveApi implements HiveApi {
 
   async sync(progress?: ProgressSink): Promise<SyncReport> {
     progress?.("rescanning agents…");
+    const reload = this.deps.service.reloadRegistration("!hive sync");
+    if (reload.outcome === "changed") progress?.(`registration reloaded: ${reload.users} user namespace entries`);
+    if (reload.outcome === "refused") progress?.(`registration not reloaded: ${reload.reason}`);
     this.deps.agents.rescan();
     const retried = this.deps.agents.retryFailed();
     if (retried.length > 0) progress?.(`retrying ${retried.length} failed agent(s): ${retried.join(", ")}`);

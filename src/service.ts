@@ -20,6 +20,7 @@ import { Metrics } from "./metrics";
 import { HiveMatrixClient } from "./matrix/client";
 import { HomeserverTransport } from "./matrix/transport";
 import { ensureRegistered } from "./matrix/users";
+import { LiveRegistration } from "./live-registration";
 import type { Registration } from "./registration";
 import { pingFromHomeserver, waitForHomeserver, type PingResult, type Versions } from "./startup";
 import { StateStore } from "./store/state-store";
@@ -28,8 +29,12 @@ import { VERSION } from "./version";
 
 export { VERSION };
 
+/** After a registration reload, agents still waiting for it are retried after these delays. */
+const REFRESH_RETRY_SECONDS = [5, 15, 30, 60, 120, 300];
+
 export interface ServiceOptions {
   config: Config;
+  /** As loaded from `config.appservice.registration`, which is watched and re-read while running. */
   registration: Registration;
   logger?: Logger;
   scrubber?: SecretScrubber;
@@ -39,7 +44,7 @@ export interface ServiceOptions {
 
 export class HiveMatrixService extends EventEmitter {
   readonly config: Config;
-  readonly registration: Registration;
+  readonly liveRegistration: LiveRegistration;
   readonly logger: Logger;
   readonly scrubber: SecretScrubber | undefined;
   readonly metrics = new Metrics({ defaultMetrics: true });
@@ -64,6 +69,7 @@ export class HiveMatrixService extends EventEmitter {
   lastPingReceived: { at: number; transactionId?: string } | undefined;
   private server: Server | undefined;
   private refusals: RefusalLog | undefined;
+  private refreshRetry: { timer?: NodeJS.Timeout; attempt: number } = { attempt: 0 };
   private ready = false;
   private stopping = false;
   private readonly abort = new AbortController();
@@ -71,12 +77,12 @@ export class HiveMatrixService extends EventEmitter {
   constructor(options: ServiceOptions) {
     super();
     this.config = options.config;
-    this.registration = options.registration;
     const { logger, scrubber } = options.logger
       ? { logger: options.logger, scrubber: options.scrubber }
       : createLogger({ level: this.config.logging.level, pretty: this.config.logging.pretty });
-    scrubber?.add(this.registration.as_token);
-    scrubber?.add(this.registration.hs_token);
+    scrubber?.add(options.registration.as_token);
+    scrubber?.add(options.registration.hs_token);
+    this.liveRegistration = new LiveRegistration(this.config.appservice.registration, options.registration, logger);
     this.logger = logger;
     this.scrubber = scrubber;
     this.botUserId = `@${this.config.appservice.botLocalpart}:${this.config.homeserver.domain}`;
@@ -87,7 +93,7 @@ export class HiveMatrixService extends EventEmitter {
       maxRetries: this.config.homeserver.maxRetries,
       logger: this.logger.child({ module: "homeserver" }),
       metrics: this.metrics,
-      userNamespaces: this.registration.namespaces.users.map((ns) => new RegExp(ns.regex)),
+      userNamespaces: () => this.liveRegistration.userPatterns(),
       onReachability: (reachable) => this.reachability(reachable),
     });
     this.bot = new HiveMatrixClient(this.transport, this.botUserId);
@@ -97,7 +103,7 @@ export class HiveMatrixService extends EventEmitter {
     this.intake = new TransactionIntake(this.transactions, this.events, this.logger);
     this.agents = new AgentManager({
       config: this.config,
-      registration: this.registration,
+      userNamespaces: () => this.liveRegistration.userPatterns(),
       transport: this.transport,
       state: this.state,
       logger: this.logger,
@@ -135,11 +141,10 @@ export class HiveMatrixService extends EventEmitter {
         loop: this.roomsLoop,
         controlRoomId: () => this.control.roomId,
       }),
-      isAppserviceUser: (() => {
-        const inNamespace = appserviceUserPredicate(this.registration, this.config.homeserver.domain);
+      isAppserviceUser: (userId: string) =>
+        appserviceUserPredicate(this.registration, this.config.homeserver.domain)(userId) ||
         // With the bare {name} template an agent the registration does not list yet is still ours.
-        return (userId: string) => inNamespace(userId) || this.agents.isAgentUser(userId);
-      })(),
+        this.agents.isAgentUser(userId),
     });
     this.events.on((event) => this.roomsLoop.onEvent(event));
     this.controlEnabled = options.controlRoom ?? true;
@@ -151,6 +156,19 @@ export class HiveMatrixService extends EventEmitter {
       if (/registration refresh needed/.test(reason)) this.control.report("registration-refresh", `${name}: ${reason}`);
       else this.control.report("agent-failed", `${name}: ${reason}`);
     });
+  }
+
+  /** The registration in use (its user namespaces change when the file is reloaded). */
+  get registration(): Registration {
+    return this.liveRegistration.current;
+  }
+
+  /**
+   * Re-reads the registration file (SIGHUP, `!hive sync`; a watch does it when the file changes).
+   * New namespaces are used at once, and agents waiting for a registration refresh are retried.
+   */
+  reloadRegistration(trigger: string): ReturnType<LiveRegistration["reload"]> {
+    return this.liveRegistration.reload(trigger);
   }
 
   isReady(): boolean {
@@ -198,6 +216,8 @@ export class HiveMatrixService extends EventEmitter {
     else if (ping.unsupported) log.info(ping.cause);
     else log.warn({ errcode: ping.errcode }, `homeserver could not ping the appservice: ${ping.cause}`);
 
+    this.liveRegistration.on("changed", () => this.registrationChanged());
+    this.liveRegistration.watch();
     this.agents.start();
     if (this.controlEnabled) await this.control.start();
     // After the control room's first set-up: commands replayed from the journal then go straight
@@ -217,6 +237,8 @@ export class HiveMatrixService extends EventEmitter {
     this.stopping = true;
     this.ready = false;
     this.abort.abort();
+    this.liveRegistration.stop();
+    clearTimeout(this.refreshRetry.timer);
     // Events first: what is not handled yet stays in the journal for the next start rather than
     // reach a control room that is stopping (a command would be marked handled and never run).
     await this.events.stop();
@@ -273,12 +295,42 @@ export class HiveMatrixService extends EventEmitter {
     return this.agents.ensureUser(userId);
   }
 
+  private refreshNeeded(): string[] {
+    return this.agents.records
+      .entries()
+      .filter(([, r]) => r.state === "failed" && /registration refresh needed/.test(r.reason ?? ""))
+      .map(([name]) => name);
+  }
+
+  /**
+   * The file often changes before the homeserver has loaded it (the homeserver reads it at its
+   * start), so agents that still fail are tried again a few times, then left to `!hive sync`.
+   */
+  private registrationChanged(): void {
+    this.refreshRetry.attempt = 0;
+    this.retryRefreshNeeded();
+  }
+
+  private retryRefreshNeeded(): void {
+    clearTimeout(this.refreshRetry.timer);
+    this.refreshRetry.timer = undefined;
+    if (this.stopping || this.refreshNeeded().length === 0) return;
+    const retried = this.agents.retryFailed();
+    this.logger.info({ agents: retried }, "retrying agents that waited for a registration refresh");
+    const delay = REFRESH_RETRY_SECONDS[this.refreshRetry.attempt++];
+    if (delay === undefined) return;
+    this.refreshRetry.timer = setTimeout(() => this.retryRefreshNeeded(), delay * 1000);
+    this.refreshRetry.timer.unref();
+  }
+
   private reachability(reachable: boolean): void {
     if (reachable === this.homeserverReachable) return;
     this.homeserverReachable = reachable;
     if (!this.ready) return;
     if (reachable) {
       this.logger.info("the homeserver is reachable again");
+      // It may have been restarted to load a new registration.
+      if (this.refreshNeeded().length > 0) this.agents.retryFailed();
       this.control.report("homeserver-back", this.config.homeserver.url);
     } else {
       this.logger.warn("the homeserver is unreachable");

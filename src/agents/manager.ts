@@ -12,7 +12,7 @@ import type { Metrics } from "../metrics";
 import { HomeserverUnreachableError, backoff, isMatrixError, type HomeserverTransport } from "../matrix/transport";
 import { MatrixError } from "matrix-bot-sdk";
 import { ensureRegistered, NamespaceError } from "../matrix/users";
-import { templateHasFixedPart, type Registration } from "../registration";
+import { templateHasFixedPart } from "../registration";
 import type { StateStore } from "../store/state-store";
 import { AgentWatcher } from "./watcher";
 import { agentStateDir, discoverAgents } from "./discovery";
@@ -24,7 +24,8 @@ import { checkStateDir, readTokenFile, StateDirError, writeTokenFile } from "./t
 
 export interface AgentManagerDeps {
   config: Config;
-  registration: Registration;
+  /** The registration's user namespaces as currently loaded (they change when the registration is reloaded). */
+  userNamespaces: () => readonly RegExp[];
   transport: HomeserverTransport;
   state: StateStore;
   logger: Logger;
@@ -78,7 +79,6 @@ export class AgentManager extends EventEmitter {
   /** Consecutive transient failures per agent, and the timer of its next retry. */
   private readonly attempts = new Map<string, number>();
   private readonly retryTimers = new Map<string, NodeJS.Timeout>();
-  private readonly namespaces: RegExp[];
   private watcher: AgentWatcher | undefined;
   private stopped = false;
   private loaded = false;
@@ -90,7 +90,6 @@ export class AgentManager extends EventEmitter {
     super();
     this.log = deps.logger.child({ module: "agents" });
     this.records = new AgentRecords(deps.state, (err) => this.log.error(errorFields(err), "could not save agent records"));
-    this.namespaces = deps.registration.namespaces.users.map((ns) => new RegExp(ns.regex));
   }
 
   /** Reads `agents.json`; a corrupted file throws a StateError naming it. */
@@ -426,10 +425,11 @@ export class AgentManager extends EventEmitter {
     const previous = this.records.get(name);
     const source = this.sourceFor(name);
 
-    if (!this.namespaces.some((r) => r.test(userId))) {
+    if (!this.deps.userNamespaces().some((r) => r.test(userId))) {
       throw new AgentError(
         `${userId} is not in the registration's user namespace, so the homeserver will refuse it. ` +
-          "With the {name} template every agent is listed in the registration by name: run `hive-matrix registration` and reload it on the homeserver (registration refresh needed)",
+          "With the {name} template every agent is listed in the registration by name: run `hive-matrix registration`, then make the homeserver load it " +
+          "(Synapse and tuwunel read it at start: restart them). hive-matrix re-reads the file by itself and retries the agent: it needs no restart (registration refresh needed)",
       );
     }
     const stateDir = agentStateDir(config, name);

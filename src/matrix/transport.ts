@@ -54,8 +54,9 @@ export interface TransportOptions {
   /**
    * The registration's user namespace. Acting as (`user_id=`) anyone outside it is refused before
    * a request leaves, so no bug elsewhere can make the service speak for a user it does not own.
+   * A function, because a reloaded registration may change it while the service runs.
    */
-  userNamespaces?: RegExp[];
+  userNamespaces?: () => readonly RegExp[];
   /** Told whether the homeserver answered (any HTTP response) or could not be reached (after retries). */
   onReachability?: (reachable: boolean) => void;
   /** Injected in unit tests to avoid real waiting. */
@@ -98,7 +99,7 @@ export class HomeserverTransport {
   }
 
   async request<T = unknown>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
-    if (opts.asUser && this.options.userNamespaces && !this.options.userNamespaces.some((r) => r.test(opts.asUser ?? ""))) {
+    if (opts.asUser && this.options.userNamespaces && !this.options.userNamespaces().some((r) => r.test(opts.asUser ?? ""))) {
       throw new OutsideNamespaceError(opts.asUser);
     }
     const url = new URL(this.baseUrl + path);

@@ -13,7 +13,8 @@ export class NamespaceError extends Error {
   ) {
     super(
       `the homeserver refused ${userId} as outside the appservice's namespace (${detail}); ` +
-        "make sure the homeserver loaded the current registration (`hive-matrix registration` writes it)",
+        "make sure the homeserver loaded the current registration (`hive-matrix registration` writes it; Synapse and tuwunel read it at start, so restart them); " +
+        "hive-matrix retries by itself after the file changes and when the homeserver is back",
     );
     this.name = "NamespaceError";
   }

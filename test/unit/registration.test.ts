@@ -1,10 +1,16 @@
-import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
 import { discoverAgents } from "../../src/agents/discovery";
 import { parseConfig } from "../../src/config/load";
-import { buildRegistration, escapeRegex, loadRegistration, writeRegistration } from "../../src/registration";
+import { LiveRegistration } from "../../src/live-registration";
+import { createLogger } from "../../src/logging";
+import { buildRegistration, escapeRegex, loadRegistration, writeRegistration, type Registration } from "../../src/registration";
+import { captureLogs } from "../support/logs";
 import { tempDir } from "../support/tmp";
+import { until } from "../support/wait";
+
+const TOKENS = { asToken: "b".repeat(64), hsToken: "c".repeat(64) };
 
 const config = parseConfig({ homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" } });
 
@@ -95,5 +101,88 @@ describe("registration", () => {
     const example = YAML.parse(readFileSync(join(__dirname, "..", "..", "registration.yaml"), "utf8")) as Record<string, unknown>;
     const generated = buildRegistration(config, { asToken: "x", hsToken: "y" }) as unknown as Record<string, unknown>;
     expect({ ...example, as_token: "x", hs_token: "y" }).toEqual(generated);
+  });
+});
+
+describe("the registration in use, reloaded from its file", () => {
+  const legacy = parseConfig({ homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" }, agents: { localpart: "{name}" } });
+
+  function setup(): { path: string; live: LiveRegistration; logs: string[]; changes: Registration[] } {
+    const path = join(tempDir(), "registration.yaml");
+    const initial = writeRegistration(legacy, path, ["one"]).registration;
+    const { lines, destination } = captureLogs();
+    const live = new LiveRegistration(path, initial, createLogger({ level: "debug", destination }).logger);
+    const changes: Registration[] = [];
+    live.on("changed", (r: Registration) => changes.push(r));
+    return { path, live, logs: lines, changes };
+  }
+  const covers = (live: LiveRegistration, userId: string): boolean => live.userPatterns().some((r) => r.test(userId));
+
+  it("uses new user namespaces at once; an unchanged file changes nothing", () => {
+    const { path, live, changes } = setup();
+    expect(covers(live, "@two:hive.example")).toBe(false);
+    expect(live.reload("test")).toEqual({ outcome: "unchanged" });
+    writeRegistration(legacy, path, ["one", "two"]);
+    expect(live.reload("test")).toEqual({ outcome: "changed", users: 3 });
+    expect(covers(live, "@two:hive.example")).toBe(true);
+    expect(covers(live, "@one:hive.example")).toBe(true);
+    expect(changes).toHaveLength(1);
+    expect(live.current.namespaces.users).toHaveLength(3);
+  });
+
+  it.each<[string, (path: string) => void, RegExp]>([
+    ["a file that is not YAML", (path) => writeFileSync(path, "{ nope"), /not valid YAML/],
+    ["a missing file", (path) => unlinkSync(path), /cannot read registration .*ENOENT/],
+    [
+      "a regex that does not compile",
+      (path) => {
+        const reg = loadRegistration(path);
+        reg.namespaces.users.push({ exclusive: true, regex: "^@(two:hive\\.example$" });
+        writeFileSync(path, YAML.stringify(reg));
+      },
+      /Invalid regular expression/,
+    ],
+    [
+      "new tokens",
+      (path) => {
+        const reg = loadRegistration(path);
+        writeFileSync(
+          path,
+          YAML.stringify({ ...reg, as_token: "a".repeat(64), namespaces: buildRegistration(legacy, TOKENS, ["two"]).namespaces }),
+        );
+      },
+      /it changes as_token, which needs a restart of hive-matrix/,
+    ],
+    [
+      "another bot",
+      (path) => writeFileSync(path, YAML.stringify({ ...loadRegistration(path), sender_localpart: "other" })),
+      /it changes sender_localpart/,
+    ],
+  ])("refuses %s with one clear log line and keeps the registration in use", (_what, spoil, reason) => {
+    const { path, live, logs, changes } = setup();
+    const before = live.current;
+    spoil(path);
+    const result = live.reload("test");
+    expect(result).toMatchObject({ outcome: "refused", reason: expect.stringMatching(reason) });
+    expect(live.current).toBe(before);
+    expect(covers(live, "@one:hive.example")).toBe(true);
+    expect(changes).toEqual([]);
+    const errors = logs.filter((l) => l.includes('"level":50'));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(/not reloaded: .*still using the one loaded before/);
+    expect(errors[0]).not.toContain("a".repeat(64));
+    expect(errors[0]).not.toContain(before.as_token);
+  });
+
+  it("notices when `hive-matrix registration` replaces the file", async () => {
+    const { path, live, changes } = setup();
+    live.watch();
+    try {
+      writeRegistration(legacy, path, ["one", "two", "three"]);
+      await until(() => changes.length === 1, 10_000);
+      expect(covers(live, "@three:hive.example")).toBe(true);
+    } finally {
+      live.stop();
+    }
   });
 });

@@ -106,7 +106,7 @@ describe("acting as users", () => {
         maxRetries: 0,
         logger: createLogger({ level: "silent" }).logger,
         metrics: new Metrics(),
-        userNamespaces: [/^@agent-[a-z0-9-]+:hive\.test$/],
+        userNamespaces: () => [/^@agent-[a-z0-9-]+:hive\.test$/],
       });
       await expect(t.request("PUT", "/_matrix/client/v3/profile/x/displayname", { asUser: "@alice:hive.test", body: {} })).rejects.toThrow(
         OutsideNamespaceError,
