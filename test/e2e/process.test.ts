@@ -3,7 +3,7 @@
  * flushes state; a later start completes the rest with one device per agent.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { loadRegistration } from "../../src/registration";
@@ -136,5 +136,32 @@ describe("hive-matrix as a process", () => {
       child.proc.kill("SIGTERM");
       await child.exited;
     }
+  });
+
+  it("SIGHUP re-reads the registration and keeps running; a broken file is refused and the one in use kept", async () => {
+    const config = makeTestConfig(slot, { logging: { level: "info" } });
+    const child = spawnService(config, join(config.stateDir, ".."));
+    const good = readFileSync(slot.registrationPath, "utf8");
+    try {
+      await waitReady(config.appservice.url, child);
+      const refusals = (trigger: string): string[] =>
+        child.lines.filter((l) => l.includes(`"trigger":"${trigger}"`) && /not reloaded: .*not valid YAML/.test(l));
+      writeFileSync(slot.registrationPath, "{ not: yaml", { mode: 0o600 });
+      await until(() => refusals("file changed").length > 0);
+      child.proc.kill("SIGHUP");
+      await until(() => refusals("SIGHUP").length === 1);
+      expect((await fetch(`${config.appservice.url}/health`)).status).toBe(200);
+      // Still the registration loaded at start: the homeserver's transactions are accepted.
+      const res = await fetch(`${config.appservice.url}/_matrix/app/v1/transactions/hup-${randomBytes(4).toString("hex")}`, {
+        method: "PUT",
+        headers: { Authorization: `Bearer ${slot.hsToken}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ events: [] }),
+      });
+      expect(res.status).toBe(200);
+    } finally {
+      writeFileSync(slot.registrationPath, good, { mode: 0o600 });
+      child.proc.kill("SIGTERM");
+    }
+    expect(await child.exited).toBe(0);
   });
 });
