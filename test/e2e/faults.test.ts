@@ -13,7 +13,7 @@ import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harne
 import { attachSynapse, freePort } from "../../dev/synapse";
 import { TcpProxy } from "../support/proxy";
 import { startRecordedService, type StartedService } from "../support/service";
-import { until } from "../support/wait";
+import { eventually, until } from "../support/wait";
 
 const env = e2eEnv();
 
@@ -53,7 +53,12 @@ describe("faults", () => {
     const starting = startRecordedService(config, registration);
     let settled = false;
     void starting.finally(() => (settled = true)).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 1500));
+    // Up and waiting, not merely slow to start: it listens (before it looks for the homeserver) and says it is not ready.
+    const health = await eventually(async () => {
+      const res = await fetch(`${config.appservice.url}/health`).catch(() => undefined);
+      return res?.status === 503 ? ((await res.json()) as Record<string, unknown>) : undefined;
+    }, "a 503 from /health");
+    expect(health).toEqual({ ready: false, live: true });
     expect(settled).toBe(false);
     await proxy.up();
     try {

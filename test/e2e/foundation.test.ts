@@ -57,8 +57,15 @@ describe("foundation against Synapse", () => {
     const isInvite = (e: MatrixEvent): boolean =>
       e.type === "m.room.member" && e.room_id === roomId && e.state_key === run.service.botUserId && e.content?.membership === "invite";
     await until(() => run.seen.some(isInvite));
-    // Give Synapse time to (wrongly) redeliver; the service must still have seen it once.
-    await new Promise((r) => setTimeout(r, 1500));
+    // Synapse sends an appservice's transactions one after the other: once an invite to a second
+    // room arrived, any (wrong) redelivery of the first would have arrived before it.
+    const second = await fetch(`${env.synapse.url}/_matrix/client/v3/createRoom`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ invite: [run.service.botUserId], preset: "private_chat" }),
+    });
+    const { room_id: markerRoom } = (await second.json()) as { room_id: string };
+    await until(() => run.seen.some((e) => e.type === "m.room.member" && e.room_id === markerRoom));
     expect(run.seen.filter(isInvite)).toHaveLength(1);
   });
 

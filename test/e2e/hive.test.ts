@@ -199,7 +199,9 @@ describe("the hive, run from the control room", () => {
     await run.service.bot.inviteUser(userOf(target), controlRoom).catch(() => undefined);
     await agent.joinRoom(controlRoom);
     const fromAgent = await agent.sendMessage(controlRoom, { msgtype: "m.text", body: `!hive agent remove ${target} --yes` });
-    await new Promise((r) => setTimeout(r, 1500));
+    // A later operator command is answered, and commands are handled in order: the agent's got no answer, not a late one.
+    await reply(await say(operator, controlRoom, "!hive version"));
+    expect(run.seen.some((e) => e.event_id === fromAgent)).toBe(true);
     expect(await repliesTo(operator, controlRoom, fromAgent, run.service.botUserId)).toEqual([]);
     expect(run.service.agents.records.get(target)?.state).toBe("joined");
     expect(existsSync(join(config.agents.stateRoot, target, "state", "matrix-token"))).toBe(true);
@@ -216,7 +218,9 @@ describe("the hive, run from the control room", () => {
       body: JSON.stringify({ events: [replay] }),
     });
     expect(res.status).toBe(200);
-    await new Promise((r) => setTimeout(r, 1500));
+    // Handled (as a duplicate) before a later command is answered.
+    await reply(await say(operator, controlRoom, "!hive version"));
+    expect(run.seen.filter((e) => e.event_id === eventId)).toHaveLength(2);
     expect(await repliesTo(operator, controlRoom, eventId, run.service.botUserId)).toHaveLength(1);
   });
 

@@ -109,8 +109,14 @@ describe("hive-matrix as a process", () => {
           60_000,
         );
       }
-      // Time for any (wrong) second delivery or second reply to show.
-      await new Promise((r) => setTimeout(r, 3000));
+      // A later command, answered after everything before it (one command at a time, events in
+      // order): any (wrong) second delivery or second reply to the ones above would come first.
+      const marker = await say(operator, roomId, "!hive version");
+      await eventually(
+        async () => ((await repliesTo(operator, roomId, marker, botUserId)).length > 0 ? true : undefined),
+        "the reply to the marker",
+        60_000,
+      );
       const events = await timeline(operator, roomId);
       /** A reply's text after its latest edit (timeline is newest first). */
       const finalText = (reply: RoomEvent): string => {

@@ -144,13 +144,19 @@ describe("ReconcileLoop", () => {
     await periodic.stop();
     expect(fake.calls.filter((c) => c.reason === "periodic").length).toBeGreaterThanOrEqual(2);
 
-    const idle = new FakeReconciler();
-    idle.autoRelease = true;
-    const { loop: off } = loop(idle, 0);
-    await off.start();
-    await new Promise((r) => setTimeout(r, 120));
-    await off.stop();
-    expect(idle.calls.map((c) => c.reason)).toEqual(["startup"]);
+    jest.useFakeTimers();
+    try {
+      const idle = new FakeReconciler();
+      idle.autoRelease = true;
+      const { loop: off } = loop(idle, 0);
+      await off.start();
+      expect(jest.getTimerCount()).toBe(0);
+      await jest.advanceTimersByTimeAsync(3_600_000);
+      await off.stop();
+      expect(idle.calls.map((c) => c.reason)).toEqual(["startup"]);
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   describe("runs caused by events", () => {
