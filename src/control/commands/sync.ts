@@ -4,7 +4,9 @@ import type { LeafCommand } from "../table";
 export const sync: LeafCommand = {
   name: "sync",
   summary: "Reconcile the hive now (users, rooms, members, power levels) and report what changed.",
-  details: "The same reconcile also runs on its own every rooms.reconcileIntervalSeconds.",
+  details:
+    "It first re-reads the registration file (as SIGHUP does), so agents waiting for a registration refresh are retried. " +
+    "The same reconcile also runs on its own every rooms.reconcileIntervalSeconds.",
   permission: "operator",
   progress: true,
   async run(ctx) {
