@@ -3,6 +3,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { discoverAgents } from "./agents/discovery";
+import { loadMetricsToken } from "./appservice/auth";
 import { ConfigError, loadConfigFile } from "./config/load";
 import type { Config } from "./config/schema";
 import { createLogger } from "./logging";
@@ -152,6 +153,13 @@ function checkConfig(path: string): Promise<number> {
       checkRegistrationMatches(config, loadRegistration(config.appservice.registration));
     } catch (e) {
       lines.push(`  warning: ${(e as Error).message}`);
+    }
+  }
+  if (config.appservice.metricsTokenFile) {
+    try {
+      loadMetricsToken(config.appservice.metricsTokenFile);
+    } catch (e) {
+      lines.push(`  warning: ${(e as Error).message} (run refuses to start)`);
     }
   }
   process.stdout.write(`${lines.join("\n")}\n`);

@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
 import { ConfigError, loadConfigFile, parseConfig } from "../../src/config/load";
+import { cli } from "../../src/cli";
 import { renderSampleConfig } from "../../src/config/sample";
 import { configSchema } from "../../src/config/schema";
 import { tempDir } from "../support/tmp";
@@ -140,5 +141,29 @@ describe("config.sample.yaml", () => {
       );
     const schemaKeys = keysOf(configSchema.parse({ ...minimal }) as unknown as Record<string, unknown>);
     expect(keysOf(doc).sort()).toEqual(schemaKeys.sort());
+  });
+});
+
+describe("check-config", () => {
+  afterEach(() => jest.restoreAllMocks());
+
+  it("warns about a metrics token file that run would refuse", async () => {
+    const dir = tempDir();
+    const tokenFile = join(dir, "metrics-token");
+    writeFileSync(tokenFile, "a".repeat(32), { mode: 0o644 });
+    const file = join(dir, "config.yaml");
+    writeFileSync(
+      file,
+      YAML.stringify({ homeserver: { url: "http://127.0.0.1:8008", domain: "hive.example" }, appservice: { metricsTokenFile: tokenFile } }),
+    );
+    const out: string[] = [];
+    jest.spyOn(process.stdout, "write").mockImplementation((chunk) => {
+      out.push(String(chunk));
+      return true;
+    });
+    expect(await cli(["check-config", "--config", file])).toBe(0);
+    expect(out.join("")).toContain(
+      `warning: metrics token file ${tokenFile} is readable by every user; make it 0600 or 0640 (run refuses to start)`,
+    );
   });
 });
