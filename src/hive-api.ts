@@ -188,6 +188,7 @@ export class ServiceHiveApi implements HiveApi {
       rooms: record.state === "joined" ? [config.rooms.space.name, config.rooms.chat.name] : [],
       source: record.source,
       updatedAt: record.updatedAt,
+      activity: this.deps.service.activity.describe(name),
     };
   }
 }

@@ -5,6 +5,7 @@
 import { EventEmitter } from "node:events";
 import type { Server } from "node:http";
 import type { Config } from "./config/schema";
+import { AgentActivity, agentNameFromUserId } from "./agents/activity";
 import { AgentManager } from "./agents/manager";
 import { ControlRoom, appserviceUserPredicate } from "./control";
 import { ServiceHiveApi } from "./hive-api";
@@ -56,6 +57,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly events: EventQueue;
   private readonly intake: TransactionIntake;
   readonly agents: AgentManager;
+  readonly activity: AgentActivity;
   readonly rooms: RoomsReconciler;
   readonly roomsLoop: ReconcileLoop;
   readonly control: ControlRoom;
@@ -110,6 +112,15 @@ export class HiveMatrixService extends EventEmitter {
       metrics: this.metrics,
       scrubber: this.scrubber,
     });
+    this.activity = new AgentActivity({
+      config: this.config,
+      state: this.state,
+      logger: this.logger,
+      metrics: this.metrics,
+      agentName: (userId) => agentNameFromUserId(this.config, userId, (name) => this.agents.records.get(name)),
+      isCurrent: (name) => this.agents.isDesired(name),
+      report: (kind, text) => this.control.report(kind, text),
+    });
     this.rooms = new RoomsReconciler(this);
     // Wrapped so that the agents learn which memberships a successful run applied.
     const reconciling = {
@@ -146,6 +157,7 @@ export class HiveMatrixService extends EventEmitter {
         // With the bare {name} template an agent the registration does not list yet is still ours.
         this.agents.isAgentUser(userId),
     });
+    this.events.on((event) => this.activity.observe(event));
     this.events.on((event) => this.roomsLoop.onEvent(event));
     this.controlEnabled = options.controlRoom ?? true;
     if (this.controlEnabled) this.events.on((event) => this.control.handleEvent(event));
@@ -196,6 +208,7 @@ export class HiveMatrixService extends EventEmitter {
     this.state.lock();
     // Read before anything listens or writes, so a corrupted file stops the start with its name.
     this.agents.load();
+    this.activity.load();
     const pending = this.transactions.open();
     if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");
     pending.forEach((entry) => this.events.push(entry));
@@ -219,6 +232,7 @@ export class HiveMatrixService extends EventEmitter {
     this.liveRegistration.on("changed", () => this.registrationChanged());
     this.liveRegistration.watch();
     this.agents.start();
+    this.activity.start();
     if (this.controlEnabled) await this.control.start();
     // After the control room's first set-up: commands replayed from the journal then go straight
     // to the processor, which records them durably, instead of being held in memory while their
@@ -242,6 +256,7 @@ export class HiveMatrixService extends EventEmitter {
     // Events first: what is not handled yet stays in the journal for the next start rather than
     // reach a control room that is stopping (a command would be marked handled and never run).
     await this.events.stop();
+    this.activity.stop();
     // Then agents: no new onboarding starts, the agents in flight finish; then the rooms, then
     // the control room, which sends the reports queued until then.
     await this.agents.stop();

@@ -156,6 +156,24 @@ export const configSchema = z
           .strict()
           .default({})
           .describe("What happens when an agent's state dir disappears. The account itself is always kept, so the name is never reused."),
+        activity: z
+          .object({
+            silentAfterSeconds: z
+              .number()
+              .int()
+              .min(1)
+              .default(3600)
+              .describe("An agent whose last event is older than this shows as silent in `!hive agents`."),
+            report: z
+              .boolean()
+              .default(false)
+              .describe(
+                "Report in the control room when an agent that spoke goes silent past silentAfterSeconds, and when it speaks again.",
+              ),
+          })
+          .strict()
+          .default({})
+          .describe("Agent liveness: when each agent last sent an event (times and room IDs only, never content)."),
       })
       .strict()
       .default({})

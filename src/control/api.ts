@@ -29,6 +29,8 @@ export interface AgentView {
   source: "discovered" | "config" | "command";
   /** Milliseconds since the epoch. */
   updatedAt: number;
+  /** When it last sent an event: "active 2 min ago", "silent since …", "never spoke". */
+  activity: string;
 }
 
 export interface HiveStatus {

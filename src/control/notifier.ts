@@ -17,6 +17,8 @@ const KINDS = {
   "agent-onboarded": { one: "Agent onboarded", many: "agents onboarded" },
   "agent-failed": { one: "Agent failed", many: "agents failed" },
   "agent-removed": { one: "Agent removed", many: "agents removed" },
+  "agent-silent": { one: "Agent silent", many: "agents silent" },
+  "agent-back": { one: "Agent active again", many: "agents active again" },
   "registration-refresh": { one: "Registration refresh needed", many: "registration refreshes needed" },
   "homeserver-down": { one: "Homeserver unreachable", many: "times the homeserver was unreachable" },
   "homeserver-back": { one: "Homeserver reachable again", many: "times the homeserver came back" },

@@ -46,6 +46,7 @@ export function agentView(name: string, state: AgentState = "joined", extra: Par
     rooms: state === "joined" ? ["hive", "hive-chat"] : [],
     source: "discovered",
     updatedAt: Date.now() - 60_000,
+    activity: "never spoke",
     ...extra,
   };
 }

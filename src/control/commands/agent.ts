@@ -29,6 +29,7 @@ export function renderAgent(agent: AgentView, now = Date.now()): Rich {
       ["State", stateCell(agent)],
       ["Token file", tokenCell(agent)],
       ["Rooms", roomsCell(agent)],
+      ["Activity", agent.activity],
       ["Source", agent.source],
       ["Updated", `${duration((now - agent.updatedAt) / 1000)} ago`],
     ],
@@ -71,7 +72,7 @@ function interval(ctx: CommandContext): number {
 
 const info: LeafCommand = {
   name: "info",
-  summary: "Show one agent: user, state (and why it failed), token file, rooms.",
+  summary: "Show one agent: user, state (and why it failed), token file, rooms, last activity.",
   permission: "operator",
   args: [agentNameArg],
   async run(ctx) {

@@ -20,7 +20,7 @@ export function roomsCell(agent: AgentView): Rich {
 
 export const agents: LeafCommand = {
   name: "agents",
-  summary: "List the agents: name, user, state, token file and joined rooms.",
+  summary: "List the agents: name, user, state, token file, joined rooms and last activity.",
   permission: "operator",
   flags: [{ name: "state", value: "state", help: "Only agents in this state.", choices: AGENT_STATES }],
   async run(ctx) {
@@ -33,10 +33,10 @@ export const agents: LeafCommand = {
       );
     }
     if (shown.length === 0) return para(r`No agent is ${code(wanted ?? "")} (of ${plural(all.length, "agent")}).`);
-    const rows = shown.slice(0, MAX_ROWS).map((a) => [a.name, code(a.userId), stateCell(a), tokenFileCell(a), roomsCell(a)]);
+    const rows = shown.slice(0, MAX_ROWS).map((a) => [a.name, code(a.userId), stateCell(a), tokenFileCell(a), roomsCell(a), a.activity]);
     return blocks(
       para(wanted ? `${plural(shown.length, "agent")} ${wanted} (of ${all.length}):` : `${plural(shown.length, "agent")}:`),
-      table(["Name", "User", "State", "Token file", "Rooms"], rows),
+      table(["Name", "User", "State", "Token file", "Rooms", "Activity"], rows),
       shown.length > MAX_ROWS
         ? para(concat(`… and ${shown.length - MAX_ROWS} more. Narrow the list with `), code("--state=<state>"), ".")
         : undefined,

@@ -1,0 +1,98 @@
+/**
+ * The operator's view of a running hive from chat, against Synapse: agent liveness in `!hive agents`
+ * and its silence reports.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../../src/config/schema";
+import { HiveMatrixClient } from "../../src/matrix/client";
+import { loadRegistration } from "../../src/registration";
+import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
+import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
+import { startRecordedService, type StartedService } from "../support/service";
+import { eventually } from "../support/wait";
+
+const env = e2eEnv();
+const tag = randomBytes(2).toString("hex");
+const SILENT_AFTER = 3;
+
+describe("operating the hive from chat", () => {
+  let slot: AcquiredSlot;
+  let config: Config;
+  let run: StartedService;
+  let operator: RegisteredUser;
+  let controlRoom: string;
+  const names = [`o${tag}a`, `o${tag}b`];
+
+  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`;
+  const body = (e: RoomEvent): string => String(e.content.body);
+  const reply = (user: RegisteredUser, eventId: string): Promise<RoomEvent> =>
+    eventually(async () => (await repliesTo(user, controlRoom, eventId, run.service.botUserId))[0], `the bot's reply to ${eventId}`);
+  const botSaid = async (pattern: RegExp): Promise<RoomEvent[]> =>
+    (await timeline(operator, controlRoom)).filter((e) => e.sender === run.service.botUserId && pattern.test(body(e)));
+
+  async function start(): Promise<void> {
+    run = await startRecordedService(config, loadRegistration(slot.registrationPath));
+    controlRoom = await eventually(() => run.service.control.roomId, "the control room");
+  }
+
+  beforeAll(async () => {
+    slot = await acquireSlot("standard");
+    operator = await registerUser(env.synapse, `oop${tag}`);
+    config = makeTestConfig(slot, {
+      operators: [operator.userId],
+      control: { notifyIntervalSeconds: 1 },
+      agents: { activity: { silentAfterSeconds: SILENT_AFTER, report: true } },
+    });
+    for (const name of names) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
+    await start();
+    await cs(operator.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {});
+    await run.service.agents.idle();
+    for (const name of names) {
+      await eventually(() => (run.service.agents.records.get(name)?.state === "joined" ? true : undefined), `${name} joined`);
+    }
+  });
+  afterAll(async () => {
+    await run?.service.stop();
+    slot?.release();
+  });
+
+  it("an agent that speaks shows as active; its silence past the threshold is reported once, its return once", async () => {
+    const [talker, quiet] = names;
+    const before = await reply(operator, await say(operator, controlRoom, "!hive agents"));
+    expect(body(before)).toMatch(new RegExp(`${talker}[^\\n]*never spoke`));
+
+    const agent = new HiveMatrixClient(run.service.transport, userOf(talker));
+    await agent.sendMessage(run.service.rooms.chatId!, { msgtype: "m.text", body: "hello hive" });
+    const listed = await eventually(async () => {
+      const list = await reply(operator, await say(operator, controlRoom, "!hive agents"));
+      return /active \d+ s ago/.test(body(list)) ? body(list) : undefined;
+    }, "the agent shown active");
+    expect(listed).toMatch(new RegExp(`${talker}[^\\n]*active \\d+ s ago`));
+    expect(listed).toMatch(new RegExp(`${quiet}[^\\n]*never spoke`));
+    const info = await reply(operator, await say(operator, controlRoom, `!hive agent info ${talker}`));
+    expect(body(info)).toMatch(/Activity[^\n]*(active|silent)/);
+
+    await eventually(async () => ((await botSaid(/silent/i)).length > 0 ? true : undefined), "the silence report", 30_000);
+    // Three more thresholds: a second report would have come by now.
+    await new Promise((r) => setTimeout(r, 3 * SILENT_AFTER * 1000));
+    const silent = await botSaid(/Agent silent/);
+    expect(silent).toHaveLength(1);
+    expect(body(silent[0])).toContain(talker);
+    expect(body(silent[0])).not.toContain(quiet);
+    const list = await reply(operator, await say(operator, controlRoom, "!hive agents"));
+    expect(body(list)).toMatch(new RegExp(`${talker}[^\\n]*silent since`));
+
+    await agent.sendMessage(run.service.rooms.chatId!, { msgtype: "m.text", body: "back again" });
+    await eventually(async () => ((await botSaid(/active again/i)).length === 1 ? true : undefined), "the return report");
+  });
+
+  it("/metrics has the seconds since the agent's last event", async () => {
+    const res = await fetch(`http://127.0.0.1:${slot.port}/metrics`);
+    const text = await res.text();
+    expect(text).toMatch(new RegExp(`hive_matrix_agent_seconds_since_activity\\{agent="${names[0]}"\\} \\d`));
+    expect(text).not.toContain(`agent="${names[1]}"`);
+  });
+});
