@@ -7,7 +7,15 @@ import { AgentError, type AgentManager } from "./agents/manager";
 import { agentStateDir } from "./agents/discovery";
 import type { AgentRecord } from "./agents/records";
 import { tokenFileStatus } from "./agents/token-file";
-import { CommandError, type AgentView, type HiveApi, type HiveStatus, type ProgressSink, type SyncReport } from "./control/api";
+import {
+  CommandError,
+  type AgentView,
+  type HiveApi,
+  type HiveStatus,
+  type OperatorView,
+  type ProgressSink,
+  type SyncReport,
+} from "./control/api";
 import type { ReconcileLoop } from "./rooms/loop";
 import type { RoomsReconciler } from "./rooms/reconciler";
 import { NamespaceError } from "./matrix/users";
@@ -160,6 +168,37 @@ export class ServiceHiveApi implements HiveApi {
     const report = await this.deps.loop.trigger("sync command");
     if (!report) return { changes: [], problems: ["the service is stopping; nothing was reconciled"] };
     return { changes: report.changes, problems: report.problems };
+  }
+
+  operators(): OperatorView[] {
+    return this.deps.service.operators.list().map((o) => ({ userId: o.userId, source: o.source, addedBy: o.addedBy, addedAt: o.at }));
+  }
+
+  async addOperator(userId: string, addedBy: string): Promise<string[]> {
+    const { service, loop } = this.deps;
+    if (!service.operators.add(userId, addedBy)) {
+      const where = service.operators.isConfigured(userId) ? "in the config file" : "added from chat";
+      throw new CommandError(`${userId} is an operator already (${where}).`);
+    }
+    service.logger.info({ userId, addedBy }, "operator added from the control room");
+    const lines = [`${userId} is an operator now (kept in ${service.state.path("operators.json")})`];
+    // Invited even if they once left the hive rooms: being made an operator is asking to be in.
+    lines.push(...(await this.invite(userId)));
+    await service.control.refreshOperators();
+    const report = await loop.trigger(`operator ${userId} added`);
+    lines.push(...(report?.changes.filter((c) => c.includes(userId)) ?? []), ...(report?.problems ?? []));
+    return lines;
+  }
+
+  async removeOperator(userId: string): Promise<void> {
+    const { operators, logger } = this.deps.service;
+    if (operators.isConfigured(userId)) {
+      throw new CommandError(
+        `${userId} is an operator from the config file (operators); remove them there and restart hive-matrix. Chat can only remove operators added from chat.`,
+      );
+    }
+    if (!operators.remove(userId)) throw new CommandError(`${userId} is not an operator.`);
+    logger.info({ userId }, "operator removed from the control room");
   }
 
   roomIds(): { spaceId?: string; chatId?: string } {

@@ -9,6 +9,7 @@ import { AgentActivity, agentNameFromUserId } from "./agents/activity";
 import { AgentManager } from "./agents/manager";
 import { ControlRoom, appserviceUserPredicate } from "./control";
 import { ServiceHiveApi } from "./hive-api";
+import { Operators } from "./operators";
 import { ReconcileLoop } from "./rooms/loop";
 import { RoomsReconciler } from "./rooms/reconciler";
 import type { DesiredMembers, ReconcileReport } from "./rooms/types";
@@ -53,6 +54,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly bot: HiveMatrixClient;
   readonly botUserId: string;
   readonly state: StateStore;
+  readonly operators: Operators;
   readonly transactions: TransactionStore;
   readonly events: EventQueue;
   private readonly intake: TransactionIntake;
@@ -100,6 +102,7 @@ export class HiveMatrixService extends EventEmitter {
     });
     this.bot = new HiveMatrixClient(this.transport, this.botUserId);
     this.state = new StateStore(this.config.stateDir);
+    this.operators = new Operators(this.config, this.state);
     this.transactions = new TransactionStore(this.config.stateDir);
     this.events = new EventQueue(this.transactions, this.logger.child({ module: "events" }), this.metrics);
     this.intake = new TransactionIntake(this.transactions, this.events, this.logger);
@@ -145,6 +148,7 @@ export class HiveMatrixService extends EventEmitter {
       config: this.config,
       logger: this.logger,
       metrics: this.metrics,
+      operators: this.operators,
       api: new ServiceHiveApi({
         service: this,
         agents: this.agents,
@@ -208,6 +212,7 @@ export class HiveMatrixService extends EventEmitter {
     this.state.lock();
     // Read before anything listens or writes, so a corrupted file stops the start with its name.
     this.agents.load();
+    this.operators.load();
     this.activity.load();
     const pending = this.transactions.open();
     if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");

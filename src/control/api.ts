@@ -49,6 +49,15 @@ export interface HiveStatus {
   intake?: { handled: number; reusedIds: number; replays: number; refused: number; dropped: Record<string, number> };
 }
 
+export interface OperatorView {
+  userId: string;
+  /** "config": from the config file, not removable from chat; "command": added with `!hive operator add`. */
+  source: "config" | "command";
+  addedBy?: string;
+  /** Milliseconds since the epoch. */
+  addedAt?: number;
+}
+
 export interface SyncReport {
   /** One human-readable line per change made. */
   changes: string[];
@@ -92,6 +101,15 @@ export interface HiveApi {
   sync(progress?: ProgressSink): Promise<SyncReport>;
   /** The IDs of the Space and hive-chat as known now. */
   roomIds(): { spaceId?: string; chatId?: string };
+  operators(): OperatorView[];
+  /**
+   * Makes `userId` (already validated as a user ID outside the appservice namespace) an operator,
+   * kept in the state dir, and invites them into the hive rooms; returns what was done, one line each.
+   * A CommandError when they are one already.
+   */
+  addOperator(userId: string, addedBy: string): Promise<string[]>;
+  /** Removes an operator added from chat. A CommandError for a config operator or a user who is none. */
+  removeOperator(userId: string): Promise<void>;
   /** Forgets the Space and hive-chat and reconciles, which creates new ones. */
   recreateRooms(progress?: ProgressSink): Promise<SyncReport>;
 }

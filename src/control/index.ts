@@ -33,6 +33,8 @@ export interface ControlRoomDeps {
   logger: Logger;
   metrics: Metrics;
   api: HiveApi;
+  /** Who may command and is invited into the control room; `config.operators` when absent. */
+  operators?: { isOperator(userId: string): boolean; all(): string[] };
   /** True for the bot and every user in the appservice's namespace (see appserviceUserPredicate). */
   isAppserviceUser(userId: string): boolean;
   /** Tests: another command table, faster edits and retries, outcome hook. */
@@ -77,6 +79,7 @@ export class ControlRoom {
     this.isHiveUser = (userId) => userId === deps.botUserId || deps.isAppserviceUser(userId);
     this.replies = new Replies(deps.bot, this.logger, deps.editIntervalMs);
     this.seen = new SeenCommands(deps.state);
+    const operators = deps.operators;
     this.processor = new CommandProcessor({
       api: deps.api,
       config: deps.config,
@@ -85,6 +88,7 @@ export class ControlRoom {
       seen: this.seen,
       isAppserviceUser: this.isHiveUser,
       controlRoomId: () => this.room?.roomId,
+      isOperator: operators ? (userId) => operators.isOperator(userId) : undefined,
       metrics: deps.metrics,
       table: deps.table,
       onOutcome: deps.onOutcome,
@@ -171,6 +175,21 @@ export class ControlRoom {
     this.notifier.report(kind, text);
   }
 
+  /** Invites operators added since the room was set up (and raises their power in a room the bot made). */
+  async refreshOperators(): Promise<void> {
+    const room = this.room;
+    if (!room) return;
+    const deps = {
+      client: this.deps.bot,
+      botUserId: this.deps.botUserId,
+      state: this.deps.state,
+      config: this.deps.config,
+      logger: this.logger,
+      operators: this.deps.operators?.all(),
+    };
+    await reconcileOperators(deps, room);
+  }
+
   /** Resolves once every admitted command has run (tests, shutdown). */
   idle(): Promise<void> {
     return this.processor.idle();
@@ -211,6 +230,7 @@ export class ControlRoom {
       state: this.deps.state,
       config: this.deps.config,
       logger: this.logger,
+      operators: this.deps.operators?.all(),
     };
     try {
       const room = await locateControlRoom(deps);

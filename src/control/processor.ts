@@ -59,6 +59,8 @@ export interface ProcessorDeps {
   /** The bot and every user of the appservice's namespace: never obeyed, never answered. */
   isAppserviceUser(userId: string): boolean;
   controlRoomId(): string | undefined;
+  /** Who may command: `config.operators` when absent. */
+  isOperator?(userId: string): boolean;
   metrics?: Metrics;
   table?: readonly CommandDef[];
   /** Called with every outcome (tests and diagnostics). */
@@ -258,7 +260,7 @@ export class CommandProcessor {
       );
       return { kind: "failed", internal: true };
     }
-    const operator = this.deps.config.operators.includes(target.sender);
+    const operator = this.deps.isOperator ? this.deps.isOperator(target.sender) : this.deps.config.operators.includes(target.sender);
     const refuse = async (): Promise<Outcome> => {
       await reply(REFUSAL);
       return { kind: "refused" };

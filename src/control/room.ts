@@ -51,6 +51,8 @@ export interface RoomDeps {
   state: StateStore;
   config: Config;
   logger: Logger;
+  /** Every operator, those added from chat included; `config.operators` when absent. */
+  operators?: readonly string[];
 }
 
 const OPERATOR_POWER = 100;
@@ -188,8 +190,9 @@ export async function isEncrypted(client: RoomClient, roomId: string): Promise<b
  * for the operators who are there.
  */
 export async function reconcileOperators(deps: RoomDeps, room: LocatedRoom): Promise<void> {
-  const { client, config, logger } = deps;
-  for (const op of config.operators) {
+  const { client, logger } = deps;
+  const operators = deps.operators ?? deps.config.operators;
+  for (const op of operators) {
     try {
       const m = await membership(deps, room.roomId, op);
       if (m === "join" || m === "invite") continue;
@@ -203,11 +206,11 @@ export async function reconcileOperators(deps: RoomDeps, room: LocatedRoom): Pro
       logger.warn({ roomId: room.roomId, operator: op, ...errorFields(err) }, "could not invite an operator to the control room");
     }
   }
-  if (room.origin === "configured" || config.operators.length === 0) return;
+  if (room.origin === "configured" || operators.length === 0) return;
   try {
     const levels = (await client.getRoomStateEvent(room.roomId, "m.room.power_levels", "")) as { users?: Record<string, number> };
     const users = { ...(levels.users ?? {}) };
-    const low = config.operators.filter((op) => (users[op] ?? 0) < OPERATOR_POWER);
+    const low = operators.filter((op) => (users[op] ?? 0) < OPERATOR_POWER);
     if (low.length === 0) return;
     for (const op of low) users[op] = OPERATOR_POWER;
     await client.sendStateEvent(room.roomId, "m.room.power_levels", "", { ...levels, users });

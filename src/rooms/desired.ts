@@ -27,6 +27,8 @@ export interface DesiredInputs {
   spaceId: string;
   /** hive-chat's ID: the Space's child event is desired once hive-chat exists. */
   chatId?: string;
+  /** Every operator, those added from chat included; `config.operators` when not given. */
+  operators?: readonly string[];
 }
 
 /**
@@ -64,23 +66,34 @@ function canonicalAlias(alias: string): DesiredStateEvent {
   };
 }
 
-export function membershipOf(config: Config, botUserId: string, members: DesiredMembers): DesiredMembership {
+export function membershipOf(
+  config: Config,
+  botUserId: string,
+  members: DesiredMembers,
+  allOperators: readonly string[] = config.operators,
+): DesiredMembership {
   const agents = unique(members.agents.filter((u) => u !== botUserId));
-  const operators = unique(config.operators.filter((u) => u !== botUserId && !agents.includes(u)));
+  const operators = unique(allOperators.filter((u) => u !== botUserId && !agents.includes(u)));
   const leaving = unique(members.leaving.filter((u) => u !== botUserId && !agents.includes(u) && !operators.includes(u)));
   return { bot: botUserId, operators, agents, leaving };
 }
 
 /** Only these users' entries are ours; every other entry in `users` is kept as it is. */
-export function powerUsers(config: Config, botUserId: string): Record<string, number> {
+export function powerUsers(config: Config, botUserId: string, operators: readonly string[] = config.operators): Record<string, number> {
   const users: Record<string, number> = {};
-  for (const op of config.operators) users[op] = config.rooms.operatorPowerLevel;
+  for (const op of operators) users[op] = config.rooms.operatorPowerLevel;
   users[botUserId] = 100;
   return users;
 }
 
-function commonState(config: Config, botUserId: string, name: string, topic: string): DesiredStateEvent[] {
-  const users = powerUsers(config, botUserId);
+function commonState(
+  config: Config,
+  botUserId: string,
+  name: string,
+  topic: string,
+  operators: readonly string[] | undefined,
+): DesiredStateEvent[] {
+  const users = powerUsers(config, botUserId, operators);
   const levels = Object.entries(users)
     .map(([u, l]) => `${u} at ${l}`)
     .join(", ");
@@ -119,7 +132,7 @@ export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceI
       summary: "invite",
       kind: "state.join_rules",
     },
-    ...commonState(config, inputs.botUserId, config.rooms.space.name, config.rooms.space.topic),
+    ...commonState(config, inputs.botUserId, config.rooms.space.name, config.rooms.space.topic, inputs.operators),
   ];
   if (inputs.chatId) {
     state.push({
@@ -137,7 +150,7 @@ export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceI
     state,
     alias,
     encrypted: false,
-    members: membershipOf(config, inputs.botUserId, inputs.members),
+    members: membershipOf(config, inputs.botUserId, inputs.members, inputs.operators),
   };
 }
 
@@ -153,7 +166,7 @@ export function desiredChat(config: Config, inputs: DesiredInputs): DesiredRoom 
       summary: "restricted",
       kind: "state.join_rules",
     },
-    ...commonState(config, inputs.botUserId, config.rooms.chat.name, config.rooms.chat.topic),
+    ...commonState(config, inputs.botUserId, config.rooms.chat.name, config.rooms.chat.topic, inputs.operators),
     {
       type: "m.space.parent",
       stateKey: inputs.spaceId,
@@ -172,7 +185,7 @@ export function desiredChat(config: Config, inputs: DesiredInputs): DesiredRoom 
     state,
     alias,
     encrypted: config.rooms.chat.encrypted,
-    members: membershipOf(config, inputs.botUserId, inputs.members),
+    members: membershipOf(config, inputs.botUserId, inputs.members, inputs.operators),
   };
 }
 

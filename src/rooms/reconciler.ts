@@ -33,6 +33,8 @@ export interface RoomsDeps {
   state: StateStore;
   logger: Logger;
   metrics: Metrics;
+  /** Every operator, those added from chat included; `config.operators` when absent. */
+  operators?: { all(): string[] };
 }
 
 export interface InviteResult {
@@ -220,7 +222,7 @@ export class RoomsReconciler {
       return;
     }
 
-    const inputsBase = { botUserId, members };
+    const inputsBase = { botUserId, members, operators: this.deps.operators?.all() };
     if (ids.space === undefined) {
       const spaceId = await api.createRoom(createRoomBody(desiredSpace(config, inputsBase)));
       this.files.writeId("space", spaceId);

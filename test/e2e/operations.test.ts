@@ -1,6 +1,6 @@
 /**
  * The operator's view of a running hive from chat, against Synapse: agent liveness in `!hive agents`
- * and its silence reports.
+ * and its silence reports, operators added from chat.
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
@@ -87,6 +87,52 @@ describe("operating the hive from chat", () => {
 
     await agent.sendMessage(run.service.rooms.chatId!, { msgtype: "m.text", body: "back again" });
     await eventually(async () => ((await botSaid(/active again/i)).length === 1 ? true : undefined), "the return report");
+  });
+
+  it("a runtime operator can command, is invited into the rooms, survives a restart, and can be removed", async () => {
+    const newcomer = await registerUser(env.synapse, `onew${tag}`);
+    const refusedFirst = await cs(newcomer.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {}).then(
+      () => "joined",
+      () => "refused",
+    );
+    expect(refusedFirst).toBe("refused"); // not invited: the control room is invite-only
+
+    const added = await reply(operator, await say(operator, controlRoom, `!hive operator add ${newcomer.userId}`));
+    expect(body(added)).toContain("is an operator now");
+    await eventually(
+      () =>
+        cs(newcomer.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {}).then(
+          () => true,
+          () => undefined,
+        ),
+      "the new operator joining the control room",
+    );
+    const spaceId = run.service.rooms.spaceId!;
+    await eventually(
+      () =>
+        cs(newcomer.accessToken, "POST", `/join/${encodeURIComponent(spaceId)}`, {}).then(
+          () => true,
+          () => undefined,
+        ),
+      "the new operator joining the Space (invited by the reconcile)",
+    );
+    expect(body(await reply(newcomer, await say(newcomer, controlRoom, "!hive version")))).toContain("hive-matrix");
+
+    await run.service.stop();
+    await start();
+    expect(body(await reply(newcomer, await say(newcomer, controlRoom, "!hive version")))).toContain("hive-matrix");
+    const listed = await reply(operator, await say(operator, controlRoom, "!hive operator list"));
+    expect(body(listed)).toContain(newcomer.userId);
+    expect(body(listed)).toMatch(/config file/);
+
+    const notConfig = await reply(operator, await say(operator, controlRoom, `!hive operator remove ${operator.userId} --yes`));
+    expect(body(notConfig)).toMatch(/config file/);
+    const ask = await reply(operator, await say(operator, controlRoom, `!hive operator remove ${newcomer.userId}`));
+    expect(body(ask)).toContain(`!hive operator remove ${newcomer.userId} --yes`);
+    expect(body(await reply(newcomer, await say(newcomer, controlRoom, "!hive version")))).toContain("hive-matrix");
+    const removed = await reply(operator, await say(operator, controlRoom, `!hive operator remove ${newcomer.userId} --yes`));
+    expect(body(removed)).toContain("no longer an operator");
+    expect(body(await reply(newcomer, await say(newcomer, controlRoom, "!hive version")))).toMatch(/only the hive's operators/);
   });
 
   it("/metrics has the seconds since the agent's last event", async () => {

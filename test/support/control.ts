@@ -4,7 +4,7 @@
  */
 import { MatrixError } from "matrix-bot-sdk";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
-import type { AgentState, AgentView, HiveApi, HiveStatus, ProgressSink, SyncReport } from "../../src/control/api";
+import type { AgentState, AgentView, HiveApi, HiveStatus, OperatorView, ProgressSink, SyncReport } from "../../src/control/api";
 import { CommandError } from "../../src/control/api";
 import type { MatrixEvent } from "../../src/store/transactions";
 
@@ -34,7 +34,15 @@ export interface ApiCall {
 }
 
 /** Methods that change something: none may run for invalid input or an unconfirmed destructive command. */
-export const MUTATIONS: readonly (keyof HiveApi)[] = ["addAgent", "removeAgent", "rotateAgent", "invite", "sync"];
+export const MUTATIONS: readonly (keyof HiveApi)[] = [
+  "addAgent",
+  "removeAgent",
+  "rotateAgent",
+  "invite",
+  "sync",
+  "addOperator",
+  "removeOperator",
+];
 
 export function agentView(name: string, state: AgentState = "joined", extra: Partial<AgentView> = {}): AgentView {
   return {
@@ -73,6 +81,7 @@ export class RecordingApi implements HiveApi {
     this.initial.forEach((a) => this.agentMap.set(a.name, a));
     this.progressLines = [];
     this.failWith = undefined;
+    this.addedOperators.clear();
   }
 
   mutations(): ApiCall[] {
@@ -154,6 +163,29 @@ export class RecordingApi implements HiveApi {
     this.record("sync");
     for (const line of this.progressLines) progress?.(line);
     return { changes: ["hive-chat: power level of @op fixed"], problems: [] };
+  }
+
+  /** Operators added with addOperator (the config's OPERATOR is always listed first). */
+  readonly addedOperators = new Map<string, string>();
+
+  operators(): OperatorView[] {
+    this.record("operators");
+    return [
+      { userId: OPERATOR, source: "config" },
+      ...[...this.addedOperators].map(([userId, addedBy]): OperatorView => ({ userId, source: "command", addedBy, addedAt: Date.now() })),
+    ];
+  }
+
+  async addOperator(userId: string, addedBy: string): Promise<string[]> {
+    this.record("addOperator", userId, addedBy);
+    if (userId === OPERATOR || this.addedOperators.has(userId)) throw new CommandError(`${userId} is an operator already.`);
+    this.addedOperators.set(userId, addedBy);
+    return [`${userId} invited to the Space`];
+  }
+
+  async removeOperator(userId: string): Promise<void> {
+    this.record("removeOperator", userId);
+    if (!this.addedOperators.delete(userId)) throw new CommandError(`${userId} is not an operator.`);
   }
 
   roomIds(): { spaceId?: string; chatId?: string } {
