@@ -12,12 +12,14 @@ import {
   type AgentView,
   type HiveApi,
   type HiveStatus,
+  type LogEntry,
   type OperatorView,
   type ProgressSink,
   type SyncReport,
 } from "./control/api";
 import type { ReconcileLoop } from "./rooms/loop";
 import type { RoomsReconciler } from "./rooms/reconciler";
+import { LOG_LEVELS, logRingOf, parseLogLine } from "./logging";
 import { NamespaceError } from "./matrix/users";
 import { countsBy } from "./metrics";
 import type { HiveMatrixService } from "./service";
@@ -168,6 +170,12 @@ export class ServiceHiveApi implements HiveApi {
     const report = await this.deps.loop.trigger("sync command");
     if (!report) return { changes: [], problems: ["the service is stopping; nothing was reconciled"] };
     return { changes: report.changes, problems: report.problems };
+  }
+
+  recentLogs(level: "warn" | "error", n: number): LogEntry[] {
+    const ring = logRingOf(this.deps.service.logger);
+    if (!ring) return [];
+    return ring.recent(LOG_LEVELS[level], n).flatMap((line) => parseLogLine(line) ?? []);
   }
 
   operators(): OperatorView[] {

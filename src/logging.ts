@@ -40,21 +40,72 @@ export class SecretScrubber {
   }
 }
 
+/** pino's numeric levels of the lines the ring keeps. */
+export const LOG_LEVELS = { warn: 40, error: 50, fatal: 60 } as const;
+
+/**
+ * The last warnings and errors, for `!hive log`: the very lines the log destination gets, after
+ * redaction and scrubbing, so the room never shows more than the log file does. Bounded, so a
+ * flood of warnings costs a fixed amount of memory.
+ */
+export class LogRing {
+  private readonly lines: string[] = [];
+  private next = 0;
+
+  constructor(readonly capacity = 200) {}
+
+  /** Keeps `line` when it is a warning or worse; called with every scrubbed line. */
+  offer(line: string): void {
+    // pino writes the level first: no need to parse every line to know.
+    const m = /^\{"level":(\d+)/.exec(line);
+    if (!m || Number(m[1]) < LOG_LEVELS.warn) return;
+    if (this.lines.length < this.capacity) this.lines.push(line);
+    else this.lines[this.next] = line;
+    this.next = (this.next + 1) % this.capacity;
+  }
+
+  /** The last `n` lines at `minLevel` or above, oldest first. */
+  recent(minLevel: number, n: number): string[] {
+    const ordered = this.lines.length < this.capacity ? this.lines : [...this.lines.slice(this.next), ...this.lines.slice(0, this.next)];
+    const wanted = ordered.filter((line) => Number(/^\{"level":(\d+)/.exec(line)?.[1] ?? 0) >= minLevel);
+    return n > 0 ? wanted.slice(-n) : [];
+  }
+}
+
+/**
+ * The ring of each logger made by createLogger. Looked up by the service from the logger it is
+ * given, so that every embedder (CLI, dev hive, benchmarks, tests) gets `!hive log` without
+ * passing one more object around.
+ */
+const rings = new WeakMap<Logger, LogRing>();
+
+export function logRingOf(logger: Logger): LogRing | undefined {
+  return rings.get(logger);
+}
+
 export interface LoggerOptions {
   level?: string;
   pretty?: boolean;
   /** Where lines go; defaults to stdout. Tests pass a stream to capture and inspect them. */
   destination?: NodeJS.WritableStream;
   scrubber?: SecretScrubber;
+  ring?: LogRing;
 }
 
-export function createLogger(options: LoggerOptions = {}): { logger: Logger; scrubber: SecretScrubber } {
+export function createLogger(options: LoggerOptions = {}): { logger: Logger; scrubber: SecretScrubber; ring: LogRing } {
   const scrubber = options.scrubber ?? new SecretScrubber();
+  const ring = options.ring ?? new LogRing();
   const redact = {
     paths: [...SECRET_KEYS, ...SECRET_KEYS.map((k) => `*.${k}`), ...SECRET_KEYS.map((k) => `*.*.${k}`)],
     censor: REDACTED,
   };
-  const hooks = { streamWrite: (line: string) => scrubber.scrub(line) };
+  const hooks = {
+    streamWrite: (line: string) => {
+      const scrubbed = scrubber.scrub(line);
+      ring.offer(scrubbed);
+      return scrubbed;
+    },
+  };
   let destination = options.destination;
   if (!destination && options.pretty) {
     try {
@@ -70,7 +121,8 @@ export function createLogger(options: LoggerOptions = {}): { logger: Logger; scr
     { level: options.level ?? "info", redact, hooks, base: { name: "hive-matrix" } },
     (destination ?? pino.destination({ sync: false })) as pino.DestinationStream,
   );
-  return { logger, scrubber };
+  rings.set(logger, ring);
+  return { logger, scrubber, ring };
 }
 
 /** Errors as short log fields: message and code, no stack for expected failures. */
@@ -80,4 +132,37 @@ export function errorFields(err: unknown): { err: string; errcode?: string; stat
     return { err: e.message ?? String(err), errcode: e.errcode ?? e.code, status: e.statusCode };
   }
   return { err: String(err) };
+}
+
+export interface LogEntry {
+  /** Milliseconds since the epoch. */
+  at: number;
+  level: keyof typeof LOG_LEVELS;
+  message: string;
+  /** The line's other fields (module, err, roomId, …), as logged: redacted and scrubbed. */
+  fields: Record<string, unknown>;
+}
+
+const BASE_FIELDS = new Set(["level", "time", "msg", "pid", "hostname", "name"]);
+
+/** A JSON log line as an entry; undefined for anything else. */
+export function parseLogLine(line: string): LogEntry | undefined {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return undefined;
+  const record = raw as Record<string, unknown>;
+  const n = typeof record.level === "number" ? record.level : 0;
+  const level = n >= LOG_LEVELS.fatal ? "fatal" : n >= LOG_LEVELS.error ? "error" : n >= LOG_LEVELS.warn ? "warn" : undefined;
+  if (!level) return undefined;
+  const fields = Object.fromEntries(Object.entries(record).filter(([k]) => !BASE_FIELDS.has(k)));
+  return {
+    at: typeof record.time === "number" ? record.time : 0,
+    level,
+    message: typeof record.msg === "string" ? record.msg : "",
+    fields,
+  };
 }

@@ -3,7 +3,10 @@
  * through this interface, so they can be tested against a recording stand-in and the real agent
  * manager and rooms reconciler stay free of chat concerns.
  */
+import type { LogEntry } from "../logging";
 import { text, type Rich } from "./render";
+
+export type { LogEntry };
 
 export type AgentState = "pending" | "registered" | "token_written" | "joined" | "failed" | "removed";
 
@@ -101,6 +104,8 @@ export interface HiveApi {
   sync(progress?: ProgressSink): Promise<SyncReport>;
   /** The IDs of the Space and hive-chat as known now. */
   roomIds(): { spaceId?: string; chatId?: string };
+  /** The last `n` warnings and errors (`level` "warn": warnings and worse; "error": errors and worse), oldest first. */
+  recentLogs(level: "warn" | "error", n: number): LogEntry[];
   operators(): OperatorView[];
   /**
    * Makes `userId` (already validated as a user ID outside the appservice namespace) an operator,

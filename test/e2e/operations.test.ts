@@ -1,6 +1,6 @@
 /**
  * The operator's view of a running hive from chat, against Synapse: agent liveness in `!hive agents`
- * and its silence reports, operators added from chat.
+ * and its silence reports, operators added from chat, recent warnings from chat.
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
@@ -133,6 +133,21 @@ describe("operating the hive from chat", () => {
     const removed = await reply(operator, await say(operator, controlRoom, `!hive operator remove ${newcomer.userId} --yes`));
     expect(body(removed)).toContain("no longer an operator");
     expect(body(await reply(newcomer, await say(newcomer, controlRoom, "!hive version")))).toMatch(/only the hive's operators/);
+  });
+
+  it("!hive log shows the last warnings and errors, secrets scrubbed as in the log", async () => {
+    const secret = run.service.registration.as_token;
+    run.service.logger.warn({ module: "test", access_token: "abc" }, `a warning naming ${secret} by mistake`);
+    run.service.logger.error({ module: "test" }, "an error for the log command");
+    const shown = body(await reply(operator, await say(operator, controlRoom, "!hive log 5")));
+    expect(shown).toContain("a warning naming [redacted] by mistake");
+    expect(shown).toContain("an error for the log command");
+    expect(shown).not.toContain(secret);
+    const errors = body(await reply(operator, await say(operator, controlRoom, "!hive log --level=error 50")));
+    expect(errors).toContain("an error for the log command");
+    expect(errors).not.toContain("a warning naming");
+    const bad = body(await reply(operator, await say(operator, controlRoom, "!hive log 0")));
+    expect(bad).toMatch(/must be a number from 1 to 50/);
   });
 
   it("/metrics has the seconds since the agent's last event", async () => {

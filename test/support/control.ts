@@ -4,7 +4,7 @@
  */
 import { MatrixError } from "matrix-bot-sdk";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
-import type { AgentState, AgentView, HiveApi, HiveStatus, OperatorView, ProgressSink, SyncReport } from "../../src/control/api";
+import type { AgentState, AgentView, HiveApi, HiveStatus, LogEntry, OperatorView, ProgressSink, SyncReport } from "../../src/control/api";
 import { CommandError } from "../../src/control/api";
 import type { MatrixEvent } from "../../src/store/transactions";
 
@@ -167,6 +167,14 @@ export class RecordingApi implements HiveApi {
 
   /** Operators added with addOperator (the config's OPERATOR is always listed first). */
   readonly addedOperators = new Map<string, string>();
+
+  /** What recentLogs answers. */
+  logs: LogEntry[] = [];
+
+  recentLogs(level: "warn" | "error", n: number): LogEntry[] {
+    this.record("recentLogs", level, n);
+    return this.logs.filter((e) => level === "warn" || e.level !== "warn").slice(-n);
+  }
 
   operators(): OperatorView[] {
     this.record("operators");

@@ -23,6 +23,7 @@ describe("help generated from the table", () => {
       "invite",
       "sync",
       "rooms recreate",
+      "log",
       "version",
     ]);
   });
