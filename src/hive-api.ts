@@ -13,6 +13,7 @@ import {
   type HiveApi,
   type HiveStatus,
   type LogEntry,
+  type HiveRoomInfo,
   type OperatorView,
   type ProgressSink,
   type SyncReport,
@@ -176,6 +177,31 @@ export class ServiceHiveApi implements HiveApi {
     const ring = logRingOf(this.deps.service.logger);
     if (!ring) return [];
     return ring.recent(LOG_LEVELS[level], n).flatMap((line) => parseLogLine(line) ?? []);
+  }
+
+  hiveRooms(): HiveRoomInfo[] {
+    return this.deps.service.hiveRooms.list().map((r) => ({
+      roomId: r.roomId,
+      name: r.name,
+      members: r.joined,
+      lastActivity: r.lastActivity,
+      listed: r.verdict.listed,
+      why: r.verdict.why,
+    }));
+  }
+
+  async setRoomListed(roomId: string, listed: boolean, by: string): Promise<HiveRoomInfo> {
+    const { hiveRooms } = this.deps.service;
+    const verdict = listed ? hiveRooms.pin(roomId, by) : hiveRooms.exclude(roomId, by);
+    if (!verdict) {
+      throw new CommandError(
+        `No agent of the hive is known to be in ${roomId}. hive-matrix learns of a room from its agents' events there; the Space only lists such rooms.`,
+      );
+    }
+    await this.deps.loop.trigger(`room ${roomId} ${listed ? "added" : "removed"} by ${by}`);
+    const info = this.hiveRooms().find((r) => r.roomId === roomId);
+    if (!info) throw new Error(`room ${roomId} vanished from the hive's rooms`);
+    return info;
   }
 
   operators(): OperatorView[] {

@@ -12,6 +12,7 @@ import { ServiceHiveApi } from "./hive-api";
 import { Operators } from "./operators";
 import { ReconcileLoop } from "./rooms/loop";
 import { RoomsReconciler } from "./rooms/reconciler";
+import { HiveRooms } from "./rooms/space-children";
 import type { DesiredMembers, ReconcileReport } from "./rooms/types";
 import { RefusalLog, loadMetricsToken } from "./appservice/auth";
 import { createAppserviceApp } from "./appservice/http";
@@ -61,6 +62,7 @@ export class HiveMatrixService extends EventEmitter {
   readonly agents: AgentManager;
   readonly activity: AgentActivity;
   readonly rooms: RoomsReconciler;
+  readonly hiveRooms: HiveRooms;
   readonly roomsLoop: ReconcileLoop;
   readonly control: ControlRoom;
   /** Problems of the last reconcile, so that the control room hears of each one once. */
@@ -124,6 +126,19 @@ export class HiveMatrixService extends EventEmitter {
       isCurrent: (name) => this.agents.isDesired(name),
       report: (kind, text) => this.control.report(kind, text),
     });
+    const isAgent = (userId: string): boolean => {
+      const name = agentNameFromUserId(this.config, userId, (n) => this.agents.records.get(n));
+      return name !== undefined && this.agents.isDesired(name);
+    };
+    this.hiveRooms = new HiveRooms({
+      config: this.config,
+      state: this.state,
+      transport: this.transport,
+      logger: this.logger,
+      who: { isAgent, isOperator: (userId) => this.operators.isOperator(userId), botUserId: this.botUserId },
+      isOwnRoom: (roomId) => roomId === this.rooms.spaceId || roomId === this.rooms.chatId || roomId === this.control.roomId,
+      changed: (reason) => void this.roomsLoop.trigger(reason),
+    });
     this.rooms = new RoomsReconciler(this);
     // Wrapped so that the agents learn which memberships a successful run applied.
     const reconciling = {
@@ -162,6 +177,7 @@ export class HiveMatrixService extends EventEmitter {
         this.agents.isAgentUser(userId),
     });
     this.events.on((event) => this.activity.observe(event));
+    this.events.on((event) => this.hiveRooms.observe(event));
     this.events.on((event) => this.roomsLoop.onEvent(event));
     this.controlEnabled = options.controlRoom ?? true;
     if (this.controlEnabled) this.events.on((event) => this.control.handleEvent(event));
@@ -214,6 +230,7 @@ export class HiveMatrixService extends EventEmitter {
     this.agents.load();
     this.operators.load();
     this.activity.load();
+    this.hiveRooms.load();
     const pending = this.transactions.open();
     if (pending.length > 0) log.info({ transactions: pending.length }, "replaying transactions accepted before the last stop");
     pending.forEach((entry) => this.events.push(entry));
@@ -265,6 +282,7 @@ export class HiveMatrixService extends EventEmitter {
     // Then agents: no new onboarding starts, the agents in flight finish; then the rooms, then
     // the control room, which sends the reports queued until then.
     await this.agents.stop();
+    await this.hiveRooms.stop();
     await this.roomsLoop.stop();
     if (this.controlEnabled) await this.control.stop();
     const server = this.server;

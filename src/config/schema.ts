@@ -206,6 +206,22 @@ export const configSchema = z
           .strict()
           .default({})
           .describe("hive-chat: room version 10, join rule restricted to members of the Space."),
+        listing: z
+          .object({
+            auto: z
+              .boolean()
+              .default(true)
+              .describe(
+                "List in the Space, on their own, the rooms an agent is in whose members are all agents and operators; off: only rooms added with `!hive rooms add`.",
+              ),
+            operatorDirectChats: z
+              .boolean()
+              .default(true)
+              .describe("Also list rooms of exactly one operator and one agent (direct chats)."),
+          })
+          .strict()
+          .default({})
+          .describe("Which of the hive's other rooms the Space lists (rooms with outsiders only when an operator adds them)."),
         operatorPowerLevel: z.number().int().min(0).max(100).default(100).describe("Power level of the operators in both rooms."),
         reconcileIntervalSeconds: z
           .number()

@@ -61,6 +61,18 @@ export interface OperatorView {
   addedAt?: number;
 }
 
+export interface HiveRoomInfo {
+  roomId: string;
+  name?: string;
+  /** Joined members' user IDs. */
+  members: string[];
+  /** Milliseconds since the epoch of the last event seen there. */
+  lastActivity?: number;
+  listed: boolean;
+  /** Why it is (or is not) listed, e.g. "hive members only (2 agents)". */
+  why: string;
+}
+
 export interface SyncReport {
   /** One human-readable line per change made. */
   changes: string[];
@@ -107,6 +119,13 @@ export interface HiveApi {
   /** The last `n` warnings and errors (`level` "warn": warnings and worse; "error": errors and worse), oldest first. */
   recentLogs(level: "warn" | "error", n: number): LogEntry[];
   operators(): OperatorView[];
+  /** The rooms agents are in besides the hive's own, listed in the Space or not. */
+  hiveRooms(): HiveRoomInfo[];
+  /**
+   * Lists (`listed` true) or unlists a room an agent is in, by an operator's decision, and
+   * reconciles. A CommandError when no agent of the hive is known to be in it.
+   */
+  setRoomListed(roomId: string, listed: boolean, by: string): Promise<HiveRoomInfo>;
   /**
    * Makes `userId` (already validated as a user ID outside the appservice namespace) an operator,
    * kept in the state dir, and invites them into the hive rooms; returns what was done, one line each.

@@ -55,7 +55,7 @@ export function bind(line: ParsedLine, table: readonly CommandDef[], env: CheckE
   let rest: string[];
   if (isGroup(def)) {
     const names = def.subcommands.map((s) => s.name);
-    const subWord = words[1];
+    const subWord = words[1] ?? def.default;
     if (subWord === undefined) {
       return fail(
         path,

@@ -93,6 +93,8 @@ export interface LeafCommand extends CommandBase {
 
 export interface GroupCommand extends CommandBase {
   subcommands: readonly LeafCommand[];
+  /** The sub-command the group's name alone runs (e.g. `!hive rooms` lists); without one it shows usage. */
+  default?: string;
 }
 
 export type CommandDef = LeafCommand | GroupCommand;

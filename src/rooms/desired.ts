@@ -5,6 +5,7 @@
  */
 import type { Config } from "../config/schema";
 import { hasPrivilegedCreators } from "./actual";
+import type { SpaceChildren } from "./space-children";
 import {
   ROOM_KEYS,
   ROOM_LABEL,
@@ -29,6 +30,8 @@ export interface DesiredInputs {
   chatId?: string;
   /** Every operator, those added from chat included; `config.operators` when not given. */
   operators?: readonly string[];
+  /** The hive's other rooms the Space must list, and those it must not (see space-children.ts). */
+  children?: SpaceChildren;
 }
 
 /**
@@ -144,11 +147,19 @@ export function desiredSpace(config: Config, inputs: Omit<DesiredInputs, "spaceI
     });
   }
   if (alias) state.push(canonicalAlias(alias));
+  for (const roomId of inputs.children?.listed ?? []) {
+    if (roomId === inputs.chatId) continue;
+    state.push({ type: "m.space.child", stateKey: roomId, content: { via: [domain] }, what: `child ${roomId}`, kind: "state.space_child" });
+  }
+  const absent = (inputs.children?.unlisted ?? [])
+    .filter((roomId) => roomId !== inputs.chatId)
+    .map((roomId) => ({ type: "m.space.child", stateKey: roomId, what: `child ${roomId}`, kind: "state.space_child" }));
   return {
     key: "space",
     create: { type: "m.space" },
     state,
     alias,
+    absent,
     encrypted: false,
     members: membershipOf(config, inputs.botUserId, inputs.members, inputs.operators),
   };

@@ -105,6 +105,22 @@ export function diffRoom(desired: DesiredRoom, actual: ActualRoom, operatorsWhoL
     (change.requiresAlias ? late : early).push(change);
   }
 
+  for (const gone of desired.absent ?? []) {
+    const entry = stateOf(actual, gone.type, gone.stateKey);
+    if (!entry || Object.keys(entry.content).length === 0) continue;
+    early.push({
+      op: "state",
+      room,
+      type: gone.type,
+      stateKey: gone.stateKey,
+      content: {},
+      kind: gone.kind,
+      requiresAlias: false,
+      drift: false,
+      message: `${label}: ${gone.what} removed`,
+    });
+  }
+
   if (desired.alias !== undefined && actual.aliasTarget !== undefined && actual.aliasTarget !== actual.roomId) {
     const from = actual.aliasTarget;
     early.push({

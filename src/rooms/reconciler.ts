@@ -22,6 +22,7 @@ import { roomsMetrics, type RoomsMetrics } from "./metrics";
 import { RoomApi } from "./room-api";
 import { Relevance } from "./relevance";
 import { RoomFiles } from "./room-files";
+import type { SpaceChildren } from "./space-children";
 import type { ActualRoom, Change, Departure, DesiredMembers, ReconcileReport, RoomKey } from "./types";
 import { ROOM_KEYS, ROOM_LABEL } from "./types";
 
@@ -35,6 +36,8 @@ export interface RoomsDeps {
   metrics: Metrics;
   /** Every operator, those added from chat included; `config.operators` when absent. */
   operators?: { all(): string[] };
+  /** The hive's other rooms the Space lists (space-children.ts); none when absent. */
+  hiveRooms?: { children(): SpaceChildren };
 }
 
 export interface InviteResult {
@@ -222,7 +225,7 @@ export class RoomsReconciler {
       return;
     }
 
-    const inputsBase = { botUserId, members, operators: this.deps.operators?.all() };
+    const inputsBase = { botUserId, members, operators: this.deps.operators?.all(), children: this.deps.hiveRooms?.children() };
     if (ids.space === undefined) {
       const spaceId = await api.createRoom(createRoomBody(desiredSpace(config, inputsBase)));
       this.files.writeId("space", spaceId);

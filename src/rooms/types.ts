@@ -50,6 +50,18 @@ export interface DesiredRoom {
   /** Whether the room should be encrypted; encryption cannot be turned off once on. */
   encrypted: boolean;
   members: DesiredMembership;
+  /**
+   * State events the reconciler owns and wants gone: present with any content, they are emptied
+   * (`{}`, which is how Matrix removes a space child); absent or empty, nothing is written.
+   */
+  absent?: DesiredAbsentState[];
+}
+
+export interface DesiredAbsentState {
+  type: string;
+  stateKey: string;
+  what: string;
+  kind: string;
 }
 
 export interface StateEntry {

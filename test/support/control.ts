@@ -4,7 +4,17 @@
  */
 import { MatrixError } from "matrix-bot-sdk";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
-import type { AgentState, AgentView, HiveApi, HiveStatus, LogEntry, OperatorView, ProgressSink, SyncReport } from "../../src/control/api";
+import type {
+  AgentState,
+  AgentView,
+  HiveApi,
+  HiveRoomInfo,
+  HiveStatus,
+  LogEntry,
+  OperatorView,
+  ProgressSink,
+  SyncReport,
+} from "../../src/control/api";
 import { CommandError } from "../../src/control/api";
 import type { MatrixEvent } from "../../src/store/transactions";
 
@@ -42,6 +52,7 @@ export const MUTATIONS: readonly (keyof HiveApi)[] = [
   "sync",
   "addOperator",
   "removeOperator",
+  "setRoomListed",
 ];
 
 export function agentView(name: string, state: AgentState = "joined", extra: Partial<AgentView> = {}): AgentView {
@@ -167,6 +178,23 @@ export class RecordingApi implements HiveApi {
 
   /** Operators added with addOperator (the config's OPERATOR is always listed first). */
   readonly addedOperators = new Map<string, string>();
+
+  /** What hiveRooms answers; setRoomListed changes these. */
+  rooms: HiveRoomInfo[] = [];
+
+  hiveRooms(): HiveRoomInfo[] {
+    this.record("hiveRooms");
+    return this.rooms;
+  }
+
+  async setRoomListed(roomId: string, listed: boolean, by: string): Promise<HiveRoomInfo> {
+    this.record("setRoomListed", roomId, listed, by);
+    const room = this.rooms.find((x) => x.roomId === roomId);
+    if (!room) throw new CommandError(`No agent of the hive is known to be in ${roomId}.`);
+    room.listed = listed;
+    room.why = `${listed ? "added" : "removed"} by ${by}`;
+    return room;
+  }
 
   /** What recentLogs answers. */
   logs: LogEntry[] = [];
