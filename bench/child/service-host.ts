@@ -75,6 +75,39 @@ async function waitAgents(service: HiveMatrixService, request: Extract<HostReque
   }
 }
 
+/** Rooms agents open with each other, as the Space's map sees them (see the `hiveRooms` op). */
+async function hiveRooms(
+  service: HiveMatrixService,
+  request: Extract<HostRequest, { op: "hiveRooms" }>,
+): Promise<{ listed: number; ms: number }> {
+  const started = Date.now();
+  const userOf = (name: string): string => service.agents.userId(name);
+  const cs = "/_matrix/client/v3";
+  let next = 0;
+  const created: string[] = [];
+  const worker = async (): Promise<void> => {
+    while (next < request.count) {
+      const i = next++;
+      const [a, b] = [request.agents[i % request.agents.length], request.agents[(i + 1) % request.agents.length]];
+      const { room_id } = await service.transport.request<{ room_id: string }>("POST", `${cs}/createRoom`, {
+        asUser: userOf(a),
+        body: { name: `bench room ${i}`, invite: [userOf(b)] },
+      });
+      await service.transport.request("POST", `${cs}/join/${encodeURIComponent(room_id)}`, { asUser: userOf(b), body: {} });
+      created.push(room_id);
+    }
+  };
+  await Promise.all(Array.from({ length: 4 }, worker));
+  const deadline = started + request.timeoutMs;
+  for (;;) {
+    await service.hiveRooms.idle();
+    const listed = new Set(service.hiveRooms.children().listed);
+    const done = created.filter((id) => listed.has(id)).length;
+    if (done === created.length || Date.now() > deadline) return { listed: done, ms: Date.now() - started };
+    await sleep(100);
+  }
+}
+
 async function answer(service: HiveMatrixService, request: HostRequest): Promise<HostReplies[HostRequest["op"]]> {
   switch (request.op) {
     case "rescan":
@@ -100,6 +133,8 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
         blindWrites: blindWrites(service, report),
       };
     }
+    case "hiveRooms":
+      return hiveRooms(service, request);
     case "controlRoom": {
       const deadline = Date.now() + request.timeoutMs;
       for (;;) {

@@ -12,6 +12,11 @@ export type HostRequest =
   | { op: "memory" }
   | { op: "reconcile"; reason: string }
   | { op: "controlRoom"; timeoutMs: number }
+  /**
+   * Agents open `count` rooms with each other (agent i creates one and invites agent i+1, who
+   * joins); resolves once the Space lists them all.
+   */
+  | { op: "hiveRooms"; agents: string[]; count: number; timeoutMs: number }
   /** One line about what the child has done (e.g. how many transactions shared a flush). */
   | { op: "describe" }
   /** Waits until every acknowledged transaction has been handled by the event queue. */
@@ -81,6 +86,7 @@ export interface HostReplies {
   memory: MemorySample;
   reconcile: ReconcileOutcome;
   controlRoom: { roomId: string };
+  hiveRooms: { listed: number; ms: number };
   describe: { text: string };
   /** Transactions still queued when asked, and how long handling them took. */
   drain: { queued: number; ms: number };

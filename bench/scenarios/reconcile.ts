@@ -38,6 +38,11 @@ export const reconcile: Scenario = {
     const main = await mainHive(ctx, ctx.options.agents);
     const { hive, agents } = main;
     ctx.log(`reconcile: ${agents.length} agents; first reconcile`);
+    await hive.host.call({ op: "reconcile", reason: "bench: agents' reconcile" });
+    const roomCount = ctx.options.quick ? 20 : 100;
+    ctx.log(`reconcile: agents open ${roomCount} rooms with each other`);
+    const opened = await hive.host.call({ op: "hiveRooms", agents, count: roomCount, timeoutMs: 300_000 });
+    ctx.log(`reconcile: ${opened.listed} rooms listed in the Space after ${Math.round(opened.ms / 1000)} s; first reconcile`);
     const first = await hive.host.call({ op: "reconcile", reason: "bench: first reconcile" });
     await quiet(hive, 1500, 60_000);
     ctx.log("reconcile: second reconcile (measured)");
@@ -46,7 +51,7 @@ export const reconcile: Scenario = {
     const after = await hive.host.call({ op: "requests" });
     const diff = diffRequests(before, after);
     const notes = [
-      "The service's own rooms reconciler, triggered through its reconcile loop (as `!hive sync` does), with every agent joined to both rooms; " +
+      `The service's own rooms reconciler, triggered through its reconcile loop (as \`!hive sync\` does), with every agent joined to both rooms and ${opened.listed} rooms the agents opened with each other listed in the Space (of ${roomCount} opened); ` +
         "the service is left to go quiet (no homeserver request for 1.5 s) between the two reconciles, so the echoes of the first one's writes are not counted.",
       `First reconcile: ${first.changes.length} change(s), ${first.writes} write(s), ${Math.round(first.durationMs)} ms; second: ${second.changes.length} change(s), ${second.writes} write(s) by the reconciler's own count.`,
       `Requests during the second reconcile: ${diff.routes.map((r) => `${r.method} ${r.route} ×${r.count}`).join(", ") || "none"}; ` +
@@ -57,7 +62,7 @@ export const reconcile: Scenario = {
     return {
       rows: [
         {
-          metric: `writes during a no-op reconcile (${agents.length} agents)`,
+          metric: `writes during a no-op reconcile (${agents.length} agents, ${opened.listed} agent rooms in the Space)`,
           unit: "",
           hive: diff.writes,
           baseline: second.blindWrites,
@@ -75,6 +80,7 @@ export const reconcile: Scenario = {
       notes,
       details: {
         agents: agents.length,
+        agentRooms: opened,
         first: { ...first, durationMs: round(first.durationMs) },
         second: { ...second, durationMs: round(second.durationMs) },
         requests: diff,
