@@ -181,6 +181,15 @@ describe("bind against the command table", () => {
     expect(failure("agent remvoe x")).toMatch(/`agent` has no sub-command `remvoe`\. Did you mean `remove`\?/);
   });
 
+  it("runs a group's default sub-command when none is given (`rooms` lists)", () => {
+    const b = bound("rooms --all");
+    expect(b.ok && { path: b.invocation.path, flags: b.invocation.flags }).toEqual({ path: ["rooms", "list"], flags: { all: true } });
+    expect(failure("rooms lsit")).toMatch(/`rooms` has no sub-command `lsit`\. Did you mean `list`\?/);
+    expect(failure("rooms add nope")).toMatch(/`nope` is not a room ID/);
+    expect(failure("log 0")).toMatch(/must be a number from 1 to 50/);
+    expect(failure("log --level=info")).toMatch(/cannot be `info`/);
+  });
+
   it("counts arguments", () => {
     expect(failure("agent info")).toMatch(/`agent info` needs `<name>`\.[\s\S]*Usage: `!hive agent info <name>`/);
     expect(failure("agent info a b")).toMatch(/takes at most 1 argument, but got more: `b`/);
