@@ -10,8 +10,9 @@ import type { Rich } from "./render";
 export const PREFIX = "!hive";
 
 /**
- * Who may run a command. Every built-in command is `operator` (config.operators, exactly); a
- * `member` command may be run by anyone who can post in the control room.
+ * Who may run a command. Every built-in command is `operator` (config.operators and the operators
+ * added with `!hive operator add`, by exact user ID); a `member` command may be run by anyone who
+ * can post in the control room.
  */
 export type Permission = "operator" | "member";
 
