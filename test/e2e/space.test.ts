@@ -132,7 +132,8 @@ describe("the Space lists every hive room", () => {
     expect(text).toMatch(/hive members only \(2 agents\)/);
     expect(text).not.toContain(rooms.outsider);
     expect(text).not.toContain(rooms.agents);
-    const all = String((await reply(await say(operator, controlRoom, "!hive rooms --all"))).content.body);
+    // The HTML: the plain body wraps long lines to 80 columns.
+    const all = String((await reply(await say(operator, controlRoom, "!hive rooms --all"))).content.formatted_body);
     expect(all).toContain(rooms.outsider);
     expect(all).toContain(`replaced by ${rooms.replacement}`);
   });
