@@ -151,7 +151,8 @@ describe("agent names under hostile input", () => {
             });
             const state = new StateStore(stateDir);
             state.init();
-            const manager = new AgentManager({ config, registration, transport, state, logger, metrics });
+            const userNamespaces = (): RegExp[] => registration.namespaces.users.map((n) => new RegExp(n.regex));
+            const manager = new AgentManager({ config, userNamespaces, transport, state, logger, metrics });
             manager.start();
             await manager.idle();
             for (const bad of ["../escape", "a/b", "../agents/x", "..", ""]) await expect(manager.add(bad)).rejects.toThrow(AgentError);
