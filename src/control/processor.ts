@@ -181,18 +181,25 @@ export class CommandProcessor {
     if (this.deps.seen.has(eventId) || this.refused.has(eventId)) return { ignored: "duplicate" };
     const threadId = relates?.rel_type === "m.thread" && typeof relates.event_id === "string" ? relates.event_id : undefined;
     const target: ReplyTarget = { roomId, eventId, sender, threadId };
-    if (!this.deps.config.operators.includes(sender) && !this.memberMayRun(line)) {
+    if (!this.isOperator(sender) && !this.memberMayRun(line)) {
       if (!this.refusalDue(sender)) return { ignored: "refusal-throttled" };
       this.refused.add(eventId);
       if (this.refused.size > REFUSED_REMEMBERED) this.refused.delete(this.refused.values().next().value as string);
       return { job: { target, line, refuse: true } };
     }
+    // An operator now (e.g. added since a refusal): a refusal after a removal is said at once.
+    if (this.isOperator(sender)) this.lastRefusal.delete(sender);
     try {
       this.deps.seen.add(eventId, target);
     } catch (err) {
       return { job: { target, line, unrecorded: err } };
     }
     return { job: { target, line } };
+  }
+
+  /** Configured operators and those added from chat. */
+  private isOperator(userId: string): boolean {
+    return this.deps.isOperator ? this.deps.isOperator(userId) : this.deps.config.operators.includes(userId);
   }
 
   /** Whether a non-operator may run `line`: a command of the table open to every member. */
@@ -260,7 +267,7 @@ export class CommandProcessor {
       );
       return { kind: "failed", internal: true };
     }
-    const operator = this.deps.isOperator ? this.deps.isOperator(target.sender) : this.deps.config.operators.includes(target.sender);
+    const operator = this.isOperator(target.sender);
     const refuse = async (): Promise<Outcome> => {
       await reply(REFUSAL);
       return { kind: "refused" };

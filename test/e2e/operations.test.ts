@@ -3,7 +3,7 @@
  * and its silence reports, operators added from chat, recent warnings from chat.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { HiveMatrixClient } from "../../src/matrix/client";
@@ -17,6 +17,7 @@ import { eventually } from "../support/wait";
 const env = e2eEnv();
 const tag = randomBytes(2).toString("hex");
 const SILENT_AFTER = 3;
+const METRICS_TOKEN = randomBytes(24).toString("hex");
 
 describe("operating the hive from chat", () => {
   let slot: AcquiredSlot;
@@ -46,7 +47,11 @@ describe("operating the hive from chat", () => {
   beforeAll(async () => {
     slot = await acquireSlot("standard");
     operator = await registerUser(env.synapse, `oop${tag}`);
+    const base = makeTestConfig(slot);
+    const metricsTokenFile = join(base.stateDir, "..", "metrics-token");
+    writeFileSync(metricsTokenFile, `${METRICS_TOKEN}\n`, { mode: 0o600 });
     config = makeTestConfig(slot, {
+      appservice: { metricsTokenFile },
       operators: [operator.userId],
       control: { notifyIntervalSeconds: 1 },
       agents: { activity: { silentAfterSeconds: SILENT_AFTER, report: true } },
@@ -155,7 +160,7 @@ describe("operating the hive from chat", () => {
   });
 
   it("/metrics has the seconds since the agent's last event", async () => {
-    const res = await fetch(`http://127.0.0.1:${slot.port}/metrics`);
+    const res = await fetch(`http://127.0.0.1:${slot.port}/metrics`, { headers: { Authorization: `Bearer ${METRICS_TOKEN}` } });
     const text = await res.text();
     expect(text).toMatch(new RegExp(`hive_matrix_agent_seconds_since_activity\\{agent="${names[0]}"\\} \\d`));
     expect(text).not.toContain(`agent="${names[1]}"`);

@@ -317,7 +317,8 @@ describe("a homeserver that numbers its transactions anew", () => {
     await first.service.events.idle();
     await stopAll(first);
 
-    const second = await startService("synapse", { stateDir, port, registration: first.registration });
+    const metricsToken = newToken();
+    const second = await startService("synapse", { stateDir, port, registration: first.registration, metricsToken });
     for (let i = 1; i <= 3; i++) expect((await second.hs.pushTransaction(String(i), { events: [event(200 + i)] })).status).toBe(200);
     // A true retry of the renumbered transaction is still a replay.
     expect((await second.hs.pushTransaction("3", { events: [event(203)] })).status).toBe(200);
@@ -326,7 +327,7 @@ describe("a homeserver that numbers its transactions anew", () => {
     expect((await second.hs.pushTransaction("1", { events: [event(301)] })).status).toBe(200);
     await second.service.events.idle();
     expect(second.seen.map((e) => e.event_id)).toEqual(["$e201", "$e202", "$e203", "$e300", "$e301"]);
-    const metrics = await (await fetch(`${second.url}/metrics`)).text();
+    const metrics = await (await fetch(`${second.url}/metrics`, { headers: { Authorization: `Bearer ${metricsToken}` } })).text();
     expect(metrics).toMatch(/hive_matrix_transactions_total\{result="reused_id"\} 4\n/);
     expect(metrics).toMatch(/hive_matrix_transactions_total\{result="duplicate"\} 1\n/);
     const warnings = second.logs.filter((l) => l.includes("transaction ID seen before with other events"));
@@ -338,7 +339,8 @@ describe("a homeserver that numbers its transactions anew", () => {
 
 describe("body limit and ping failures", () => {
   it("answers 413 M_TOO_LARGE above appservice.maxBodyBytes", async () => {
-    const h = await startService("synapse", { maxBodyBytes: 1000 });
+    const metricsToken = newToken();
+    const h = await startService("synapse", { maxBodyBytes: 1000, metricsToken });
     const big = JSON.stringify({ events: [{ type: "m.room.message", content: { body: "x".repeat(2000) } }] });
     expect(await put(h.url, "/_matrix/app/v1/transactions/big", { token: h.registration.hs_token, body: big })).toEqual({
       status: 413,
@@ -346,7 +348,8 @@ describe("body limit and ping failures", () => {
     });
     // Refused, so the homeserver retries it: visible in the log and the metrics.
     expect(h.logs.join("")).toMatch(/"txnId":"big".*transaction refused: Body exceeds 1000 bytes/);
-    expect(await (await fetch(`${h.url}/metrics`)).text()).toMatch(/hive_matrix_transactions_total\{result="rejected"\} 1\n/);
+    const metrics = await fetch(`${h.url}/metrics`, { headers: { Authorization: `Bearer ${metricsToken}` } });
+    expect(await metrics.text()).toMatch(/hive_matrix_transactions_total\{result="rejected"\} 1\n/);
     await stopAll(h);
   });
 
