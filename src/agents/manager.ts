@@ -56,9 +56,23 @@ interface Job {
   waiters: { resolve: (record: AgentRecord | undefined) => void }[];
 }
 
-/** Errors worth retrying by themselves: the homeserver was away, overloaded or rate limiting. */
+/**
+ * The agent's state dir exists but hive-matrix may not write it yet (e.g. its ACL is granted a
+ * moment after the dir appears): retried like homeserver trouble, before any homeserver call.
+ */
+export class StateDirPendingError extends AgentError {
+  constructor(message: string) {
+    super(message);
+    this.name = "StateDirPendingError";
+  }
+}
+
+/**
+ * Errors worth retrying by themselves: the homeserver was away, overloaded or rate limiting, or the
+ * state dir is not writable yet.
+ */
 export function isTransient(err: unknown): boolean {
-  if (err instanceof HomeserverUnreachableError) return true;
+  if (err instanceof HomeserverUnreachableError || err instanceof StateDirPendingError) return true;
   return err instanceof MatrixError && (err.statusCode >= 500 || err.statusCode === 429);
 }
 
@@ -389,7 +403,10 @@ export class AgentManager extends EventEmitter {
     const attempt = (this.attempts.get(name) ?? 0) + 1;
     this.attempts.set(name, attempt);
     const delay = Math.min(60_000, backoff(attempt + 1));
-    this.log.warn({ agent: name, attempt, retryInMs: delay, reason }, `agent ${name}: homeserver trouble, retrying`);
+    this.log.warn(
+      { agent: name, attempt, retryInMs: delay, reason },
+      `agent ${name}: ${err instanceof StateDirPendingError ? reason : "homeserver trouble"}, retrying`,
+    );
     const timer = setTimeout(() => {
       this.retryTimers.delete(name);
       void this.enqueue(name);
@@ -434,6 +451,7 @@ export class AgentManager extends EventEmitter {
     }
     const stateDir = agentStateDir(config, name);
     const dir = checkStateDir(config.agents.stateRoot, name);
+    if (!dir.ok && dir.denied) throw new StateDirPendingError(`${dir.reason}; waiting for its permissions`);
     if (!dir.ok && !dir.missing) throw new AgentError(dir.reason);
 
     const known = this.accountTrust(name, previous);
@@ -509,6 +527,7 @@ export class AgentManager extends EventEmitter {
       // Anchored to the dir as it is now (token-file.ts): a swap since the read cannot redirect it.
       writeTokenFile(config.agents.stateRoot, name, session.accessToken);
     } catch (err) {
+      if (err instanceof StateDirError && err.denied) throw new StateDirPendingError(`not writing the token: ${err.reason}`);
       if (err instanceof StateDirError) throw new AgentError(`not writing the token: ${err.reason}`);
       throw err;
     }

@@ -12,7 +12,7 @@
  * against fstat of the descriptor), so a missing /proc fails closed instead of resolving elsewhere.
  * A symlink or hardlink planted at the token path itself is never followed, read through or chmod-ed.
  */
-import { constants, closeSync, fchmodSync, fstatSync, lstatSync, openSync, readSync, statSync } from "node:fs";
+import { accessSync, constants, closeSync, fchmodSync, fstatSync, lstatSync, openSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "../store/atomic-file";
 
@@ -20,17 +20,27 @@ export const TOKEN_FILE = "matrix-token";
 const MAX_TOKEN_BYTES = 4096;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
-export type StateDirStatus = { ok: true } | { ok: false; missing: boolean; reason: string };
+export type StateDirStatus = { ok: true } | { ok: false; missing: boolean; denied: boolean; reason: string };
 
-/** The agent's state dir is refused: missing, a symlink, not a directory, or not anchorable. */
+/**
+ * The agent's state dir is refused: missing, a symlink, not a directory, or not anchorable; or
+ * `denied`: hive-matrix may not enter or write it (yet). Under the NixOS module the service runs
+ * unprivileged and an agent dir's ACL is granted a moment after the dir appears, so a denial is
+ * something to wait for, not a verdict.
+ */
 export class StateDirError extends Error {
   constructor(
     readonly missing: boolean,
     readonly reason: string,
+    readonly denied = false,
   ) {
     super(reason);
     this.name = "StateDirError";
   }
+}
+
+function isDenial(code: string | undefined): boolean {
+  return code === "EACCES" || code === "EPERM";
 }
 
 function fdPath(fd: number): string {
@@ -79,7 +89,7 @@ function openChild(parentFd: number, component: string, shown: string): number {
             : "was a symlink or not a directory when opened (it is being swapped)";
       throw new StateDirError(false, `${shown} ${why}; refusing to write through it`);
     }
-    throw new StateDirError(false, `${shown} cannot be opened (${code ?? String(err)})`);
+    throw new StateDirError(false, `${shown} cannot be opened (${code ?? String(err)})`, isDenial(code));
   }
   try {
     verifyAnchor(fd, shown);
@@ -124,12 +134,28 @@ export function withStateDir<T>(stateRoot: string, name: string, fn: (dir: strin
   }
 }
 
-/** Whether `<stateRoot>/<name>/state` can be used: a real directory inside a real agent dir. */
+/**
+ * Whether `<stateRoot>/<name>/state` can be used: a real directory inside a real agent dir, which
+ * hive-matrix may write. Checked before any homeserver call, so that an account is never logged
+ * out for a token that could not be written.
+ */
 export function checkStateDir(stateRoot: string, name: string): StateDirStatus {
   try {
-    return withStateDir(stateRoot, name, () => ({ ok: true }) as const);
+    return withStateDir(stateRoot, name, (dir) => {
+      try {
+        accessSync(dir, constants.W_OK | constants.X_OK);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        throw new StateDirError(
+          false,
+          `${join(stateRoot, name, "state")} is not writable by hive-matrix (${code ?? String(err)})`,
+          isDenial(code),
+        );
+      }
+      return { ok: true } as const;
+    });
   } catch (err) {
-    if (err instanceof StateDirError) return { ok: false, missing: err.missing, reason: err.reason };
+    if (err instanceof StateDirError) return { ok: false, missing: err.missing, denied: err.denied, reason: err.reason };
     throw err;
   }
 }
@@ -179,7 +205,17 @@ function readTokenIn(dir: string): TokenFileRead {
     }
     const token = buffer.subarray(0, offset).toString("utf8").trim();
     if (token === "" || /\s/.test(token)) return { kind: "unsafe", reason: "does not hold exactly one token" };
-    if ((st.mode & 0o777) !== 0o600) fchmodSync(fd, 0o600);
+    if ((st.mode & 0o777) !== 0o600) {
+      try {
+        fchmodSync(fd, 0o600);
+      } catch (err) {
+        // Not ours to tighten (another owner): not trusted either; a fresh file of ours replaces it.
+        return {
+          kind: "unsafe",
+          reason: `has mode ${(st.mode & 0o777).toString(8)} and cannot be made 0600 (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+        };
+      }
+    }
     return { kind: "token", token };
   } finally {
     closeSync(fd);

@@ -110,6 +110,35 @@ describe("faults", () => {
     }
   });
 
+  it("an agent's state dir hive-matrix may not write yet: no account touched, retried until it may", async () => {
+    // Under the NixOS module the service is unprivileged and an agent dir's ACL is granted a moment
+    // after the dir appears; here the immutable flag stands in for the missing permission.
+    const config = makeTestConfig(slot);
+    const name = `w${randomBytes(3).toString("hex")}`;
+    const stateDir = join(config.agents.stateRoot, name, "state");
+    mkdirSync(stateDir, { recursive: true });
+    const restore = makeUnwritable(stateDir);
+    let restored = false;
+    try {
+      run = await startRecordedService(config, registration);
+      await until(() => /waiting for its permissions/.test(run?.logs.join("") ?? ""));
+      const record = run.service.agents.records.get(name);
+      expect(record?.state).toBe("failed");
+      // Checked before any homeserver call: the account was not even created.
+      const userId = String(record?.userId);
+      const profile = await fetch(`${env.synapse.url}/_matrix/client/v3/profile/${encodeURIComponent(userId)}`);
+      expect(profile.status).toBe(404);
+      restore();
+      restored = true;
+      await until(() => existsSync(join(stateDir, "matrix-token")), 60_000);
+      const token = readFileSync(join(stateDir, "matrix-token"), "utf8").trim();
+      const whoami = await get(token, "/_matrix/client/v3/account/whoami");
+      expect(whoami.json.user_id).toBe(userId);
+    } finally {
+      if (!restored) restore();
+    }
+  });
+
   it("a corrupted agents.json: a clear error naming the file, and the file is left as it was", async () => {
     const config = makeTestConfig(slot);
     const file = join(config.stateDir, "agents.json");

@@ -1,4 +1,5 @@
 import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { AgentRecords } from "../../src/agents/records";
 import { restartArgv, runRestart } from "../../src/agents/restart";
@@ -85,6 +86,48 @@ describe("token file", () => {
     expect(readdirSync(elsewhere)).toEqual(["matrix-token"]);
     expect(readFileSync(join(elsewhere, "matrix-token"), "utf8")).toBe("theirs\n");
     expect(readdirSync(join(root, "ok", "state"))).toEqual([]);
+  });
+});
+
+describe("token file, as an unprivileged service user", () => {
+  // The NixOS module runs hive-matrix as its own user; `nobody` stands in for it here.
+  const missing = ["setpriv"].filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);
+  const why = process.getuid?.() !== 0 ? "not root" : missing.length > 0 ? `${missing.join(", ")} missing` : undefined;
+  if (why) console.log(`token file as an unprivileged user: skipped (${why})`);
+  const asNobody = (code: string): unknown => {
+    const out = execFileSync(
+      "setpriv",
+      ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, "-r", "ts-node/register/transpile-only", "-e", code],
+      { cwd: join(__dirname, "..", ".."), encoding: "utf8" },
+    );
+    return JSON.parse(out);
+  };
+  const tokenFile = JSON.stringify(join(__dirname, "..", "..", "src", "agents", "token-file"));
+
+  (why ? it.skip : it)("a state dir it may not write yet is a denial to wait for, then usable once granted", () => {
+    const root = tempDir();
+    chmodSync(root, 0o755);
+    mkdirSync(join(root, "a", "state"), { recursive: true, mode: 0o700 });
+    chmodSync(join(root, "a"), 0o700);
+    const check = `console.log(JSON.stringify(require(${tokenFile}).checkStateDir(${JSON.stringify(root)}, "a")))`;
+    expect(asNobody(check)).toMatchObject({ ok: false, missing: false, denied: true });
+    chmodSync(join(root, "a"), 0o755);
+    chmodSync(join(root, "a", "state"), 0o755);
+    expect(asNobody(check)).toMatchObject({ ok: false, missing: false, denied: true, reason: expect.stringMatching(/not writable/) });
+    chmodSync(join(root, "a", "state"), 0o777);
+    expect(asNobody(check)).toEqual({ ok: true });
+  });
+
+  (why ? it.skip : it)("a token file it cannot make 0600 (another owner) is not trusted", () => {
+    const root = tempDir();
+    chmodSync(root, 0o755);
+    mkdirSync(join(root, "a", "state"), { recursive: true });
+    chmodSync(join(root, "a", "state"), 0o777);
+    writeFileSync(join(root, "a", "state", "matrix-token"), "root-owned-token\n", { mode: 0o644 });
+    chmodSync(join(root, "a", "state", "matrix-token"), 0o644);
+    const read = asNobody(`console.log(JSON.stringify(require(${tokenFile}).readTokenFile(${JSON.stringify(root)}, "a")))`);
+    expect(read).toMatchObject({ kind: "unsafe", reason: expect.stringMatching(/mode 644 and cannot be made 0600/) });
+    expect(statSync(join(root, "a", "state", "matrix-token")).mode & 0o777).toBe(0o644);
   });
 });
 
