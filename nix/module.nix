@@ -489,6 +489,8 @@ in
           serviceConfig = {
             ExecStartPre = [ "+${registrationAccessScript}" ];
             ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
+            # SIGHUP re-reads the registration (new agents under the `{name}` template) without a restart.
+            ExecReload = "${coreutils}/kill -HUP $MAINPID";
             Restart = "on-failure";
             RestartSec = 5;
 

@@ -150,6 +150,8 @@ describe("nix/module.nix", () => {
       const sc = service.serviceConfig;
       const pkg = (out.systemPackages as string[])[0];
       expect(sc.ExecStart).toBe(`${pkg}/bin/hive-matrix run --config ${out.configPath as string}`);
+      // `systemctl reload hive-matrix` re-reads the registration (SIGHUP) instead of restarting.
+      expect(sc.ExecReload).toMatch(/\/bin\/kill -HUP \$MAINPID$/);
       expect(sc).toMatchObject({
         User: "hive-matrix",
         Group: "hive-matrix",
