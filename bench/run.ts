@@ -189,7 +189,7 @@ async function main(): Promise<number> {
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) return;
     interrupted = true;
-    process.stderr.write(`\nbench: ${signal}: stopping the services and Synapse\n`);
+    process.stderr.write(`\nbench: ${signal}: stopping the services and the homeserver\n`);
     void cleanUp().finally(() => process.exit(130));
   };
   process.on("SIGINT", onSignal);
@@ -199,9 +199,11 @@ async function main(): Promise<number> {
   try {
     const kinds = [...new Set(selected.flatMap((s) => s.hives))];
     if (kinds.length > 0) {
-      process.stderr.write("bench: starting Synapse (the first run installs it from PyPI, ~30 s)\n");
+      process.stderr.write(`bench: starting ${machine.homeserver}\n`);
       synapse = await startBenchSynapse(runDir, kinds);
-      process.stderr.write(`bench: Synapse ${synapse.synapse.url} (pid ${synapse.synapse.pid}) ready in ${synapse.startupMs} ms\n`);
+      process.stderr.write(
+        `bench: ${synapse.synapse.version} ${synapse.synapse.url} (pid ${synapse.synapse.pid}) ready in ${synapse.startupMs} ms\n`,
+      );
     }
     ctx = new BenchContext(opts, runDir, { serviceHost, baselineAppservice, httpOnly }, synapse);
     for (const scenario of selected) results.push(await runScenario(ctx, scenario));

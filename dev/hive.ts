@@ -1,8 +1,9 @@
 /**
  * `npm run dev`: the embedded default. Starts a loopback Synapse (installed from PyPI into
- * .synapse-venv by scripts/synapse-install.sh), writes a config and registration into .dev/,
- * creates two demo agent state dirs and an operator account, and runs hive-matrix against it.
- * Everything lives under .dev/ and is reused on the next start; delete it for a fresh hive.
+ * .synapse-venv by scripts/synapse-install.sh), or tuwunel when TUWUNEL_BIN names its binary,
+ * writes a config and registration into .dev/ (.dev/tuwunel/ for tuwunel), creates two demo agent
+ * state dirs and an operator account, and runs hive-matrix against it. Everything is reused on the
+ * next start; delete .dev/ for a fresh hive.
  * The banner with the login comes once the hive can be used (control room, rooms, demo agents
  * joined), after the startup logs, so it is not scrolled away; the URL stays the same between runs.
  */
@@ -13,10 +14,13 @@ import { parseConfig } from "../src/config/load";
 import { createLogger } from "../src/logging";
 import { writeRegistration } from "../src/registration";
 import { HiveMatrixService } from "../src/service";
-import { freePort, isPortFree, registerUser, startSynapse, SynapseHttpError } from "./synapse";
+import { registerUser, selectedHomeserver, startHomeserver } from "./homeserver";
+import { HomeserverHttpError, freePort, isPortFree } from "./server-process";
 
 const ROOT = resolve(__dirname, "..");
-const DEV = join(ROOT, ".dev");
+const KIND = selectedHomeserver();
+// A hive's state names rooms of one server: each homeserver gets its own dev hive.
+const DEV = KIND === "tuwunel" ? join(ROOT, ".dev", "tuwunel") : join(ROOT, ".dev");
 
 /** The ports a fresh dev hive uses when they are free: the defaults of Synapse and of hive-matrix's config. */
 const DEFAULT_PORTS = { synapse: 8008, appservice: 9010 };
@@ -25,7 +29,7 @@ const READY_TIMEOUT_MS = 120_000;
 const DEMO_AGENTS = ["alpha", "beta"];
 
 type Ports = typeof DEFAULT_PORTS;
-const LABEL: Record<keyof Ports, string> = { synapse: "Synapse", appservice: "hive-matrix" };
+const LABEL: Record<keyof Ports, string> = { synapse: KIND === "tuwunel" ? "tuwunel" : "Synapse", appservice: "hive-matrix" };
 
 /**
  * The same URL on every run: the ports of the last run, else the defaults, each when free; a port
@@ -84,18 +88,23 @@ async function main(): Promise<void> {
   const config = parseConfig(raw, join(DEV, "config.yaml"));
   const { registration } = writeRegistration(config, config.appservice.registration);
 
-  process.stdout.write(`starting Synapse on 127.0.0.1:${ports.synapse} (the first run installs it from PyPI, under a minute)\n`);
-  const synapse = await startSynapse({
-    baseDir: join(DEV, "synapse"),
+  process.stdout.write(
+    KIND === "tuwunel"
+      ? `starting tuwunel (${process.env.TUWUNEL_BIN}) on 127.0.0.1:${ports.synapse}\n`
+      : `starting Synapse on 127.0.0.1:${ports.synapse} (the first run installs it from PyPI, under a minute)\n`,
+  );
+  const homeserver = await startHomeserver({
+    baseDir: join(DEV, KIND),
     serverName: domain,
     port: ports.synapse,
     appserviceConfigFiles: [config.appservice.registration],
   });
   const password = "hive-operator";
   try {
-    await registerUser(synapse, "operator", { password, admin: true });
+    // On tuwunel the server admin is the launcher's own first user, printed below.
+    await registerUser(homeserver, "operator", { password, admin: homeserver.kind === "synapse" });
   } catch (err) {
-    if (!(err instanceof SynapseHttpError && err.errcode === "M_USER_IN_USE")) throw err;
+    if (!(err instanceof HomeserverHttpError && err.errcode === "M_USER_IN_USE")) throw err;
   }
   const { logger, scrubber } = createLogger({ level: "info", pretty: true });
   const service = new HiveMatrixService({ config, registration, logger, scrubber });
@@ -105,7 +114,7 @@ async function main(): Promise<void> {
     stopping = true;
     void service
       .stop()
-      .then(() => synapse.stop())
+      .then(() => homeserver.stop())
       .finally(() => process.exit(0));
   };
   process.on("SIGINT", stop);
@@ -122,8 +131,11 @@ async function main(): Promise<void> {
       lacking.length === 0
         ? "hive-matrix dev hive is ready."
         : `hive-matrix dev hive is running, but after ${READY_TIMEOUT_MS / 1000} s it still lacks: ${lacking.join(", ")} (see the log above).`,
-      `  homeserver    ${synapse.url}  (server name ${domain})`,
+      `  homeserver    ${homeserver.url}  (${homeserver.version}, server name ${domain})`,
       `  operator      @operator:${domain}  password: ${password}`,
+      ...(homeserver.kind === "tuwunel"
+        ? [`  server admin  ${homeserver.admin.userId}  password: ${homeserver.admin.password}  (!admin commands in #admins:${domain})`]
+        : []),
       `  control room  ${service.control.roomId ?? "(not yet)"}  (you are invited; send !hive help)`,
       `  Space         ${alias("space")}  ${service.rooms.spaceId ?? ""}`,
       `  hive-chat     ${alias("chat")}  ${service.rooms.chatId ?? ""}`,

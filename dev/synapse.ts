@@ -7,9 +7,22 @@
 import { spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
+import {
+  HomeserverHttpError,
+  cmdlineOf,
+  errcodeOf,
+  freePort,
+  isAlive,
+  readPidFile,
+  signal,
+  tail,
+  terminate,
+  waitForExit,
+  waitForVersions,
+  type RegisteredUser,
+} from "./server-process";
 
 export const REPO_ROOT = resolve(__dirname, "..");
 export const INSTALL_SCRIPT = join(REPO_ROOT, "scripts", "synapse-install.sh");
@@ -46,13 +59,6 @@ export interface SynapseAccess {
   sharedSecret: string;
 }
 
-export interface RegisteredUser {
-  userId: string;
-  accessToken: string;
-  deviceId: string;
-  password: string;
-}
-
 /** Written next to homeserver.yaml so that another process can `attachSynapse` to a running server. */
 interface SynapseInfo {
   url: string;
@@ -60,54 +66,6 @@ interface SynapseInfo {
   port: number;
   baseDir: string;
   sharedSecret: string;
-}
-
-/** A failed HTTP call to Synapse; `errcode` is the Matrix error code when the body had one. */
-export class SynapseHttpError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly errcode: string | undefined,
-    readonly body: string,
-  ) {
-    super(message);
-  }
-}
-
-function errcodeOf(body: string): string | undefined {
-  try {
-    const parsed = JSON.parse(body) as { errcode?: unknown };
-    return typeof parsed.errcode === "string" ? parsed.errcode : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === "string") {
-        srv.close();
-        reject(new Error("could not read the address of a probe socket"));
-        return;
-      }
-      srv.close(() => resolvePort(addr.port));
-    });
-  });
-}
-
-/** Whether `port` on 127.0.0.1 can be listened on now. */
-export function isPortFree(port: number): Promise<boolean> {
-  return new Promise((resolveFree) => {
-    const srv = createServer();
-    srv.once("error", () => resolveFree(false));
-    srv.listen(port, "127.0.0.1", () => srv.close(() => resolveFree(true)));
-  });
 }
 
 export function venvDir(): string {
@@ -194,6 +152,10 @@ function signingKey(): string {
   return `ed25519 ${keyId} ${randomBytes(32).toString("base64").replace(/=+$/, "")}\n`;
 }
 
+function readPid(baseDir: string): number | undefined {
+  return readPidFile(paths(baseDir).pid);
+}
+
 function paths(dir: string): { config: string; pid: string; log: string; stdout: string; info: string } {
   const baseDir = resolve(dir);
   return {
@@ -272,106 +234,24 @@ function writeSynapseConfig(opts: Required<Omit<SynapseOptions, "extraConfig">> 
   return info;
 }
 
-function tail(file: string, lines = 40): string {
-  try {
-    const all = readFileSync(file, "utf8").trimEnd().split("\n");
-    return all.slice(-lines).join("\n");
-  } catch {
-    return `(no ${file})`;
-  }
-}
-
 function failureContext(baseDir: string): string {
   const p = paths(baseDir);
   return `--- tail of ${p.log} ---\n${tail(p.log)}\n--- tail of ${p.stdout} ---\n${tail(p.stdout, 20)}`;
 }
 
-/** True while `pid` is a live (non-zombie) process. */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EPERM") return true;
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
-
 /** Guards against PID reuse: only signal a process that runs this directory's homeserver.yaml. */
 function isOurSynapse(pid: number, baseDir: string): boolean {
-  try {
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-    return cmdline.includes("synapse.app.homeserver") && cmdline.includes(paths(baseDir).config);
-  } catch {
-    return false;
-  }
-}
-
-function readPid(baseDir: string): number | undefined {
-  try {
-    const pid = Number.parseInt(readFileSync(paths(baseDir).pid, "utf8").trim(), 10);
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, sig); // the whole process group (spawned detached)
-  } catch {
-    try {
-      process.kill(pid, sig);
-    } catch {
-      // already gone
-    }
-  }
-}
-
-async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!isAlive(pid)) return true;
-    await sleep(100);
-  }
-  return !isAlive(pid);
+  const cmdline = cmdlineOf(pid);
+  return cmdline.includes("synapse.app.homeserver") && cmdline.includes(paths(baseDir).config);
 }
 
 /** SIGTERM, SIGKILL after 10 s, then wait for the exit. Removes the pid file. No-op if not running. */
 export async function stopSynapseByPidFile(baseDir: string): Promise<void> {
   const pid = readPid(baseDir);
   if (pid !== undefined && isAlive(pid) && isOurSynapse(pid, baseDir)) {
-    signal(pid, "SIGTERM");
-    if (!(await waitForExit(pid, STOP_GRACE_MS))) {
-      signal(pid, "SIGKILL");
-      if (!(await waitForExit(pid, 5_000))) throw new Error(`synapse (pid ${pid}) did not exit after SIGKILL`);
-    }
+    await terminate(pid, STOP_GRACE_MS, "synapse");
   }
   rmSync(paths(baseDir).pid, { force: true });
-}
-
-/** Polls `GET /_matrix/client/versions` until it answers 200. */
-export async function waitForVersions(url: string, timeoutMs: number, isDead?: () => boolean): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = "no answer yet";
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(`${url}/_matrix/client/versions`, { signal: AbortSignal.timeout(2_000) });
-      if (res.ok) return;
-      last = `HTTP ${res.status}`;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (isDead?.()) throw new Error(`synapse exited before answering ${url}/_matrix/client/versions`);
-    await sleep(150);
-  }
-  throw new Error(`${url}/_matrix/client/versions did not answer within ${timeoutMs} ms (${last})`);
 }
 
 /** Starts Synapse on an existing config directory; returns its PID once it answers. */
@@ -474,7 +354,7 @@ export async function registerUser(
   });
   const text = await res.text();
   if (!res.ok) {
-    throw new SynapseHttpError(`registering ${localpart}: HTTP ${res.status} ${text}`, res.status, errcodeOf(text), text);
+    throw new HomeserverHttpError(`registering ${localpart}: HTTP ${res.status} ${text}`, res.status, errcodeOf(text), text);
   }
   const json = JSON.parse(text) as { user_id: string; access_token: string; device_id: string };
   return { userId: json.user_id, accessToken: json.access_token, deviceId: json.device_id, password };

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { parseConfig } from "../../src/config/load";
 import type { Config, ConfigInput } from "../../src/config/schema";
 import { writeRegistration, type Registration } from "../../src/registration";
-import { freePort } from "../../dev/synapse";
+import { freePort } from "../../dev/server-process";
 import { ChildHost } from "./host";
 
 export type HiveKind = "main" | "ingest" | "memory" | "memory-defaults";

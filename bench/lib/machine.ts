@@ -2,7 +2,9 @@
 import { execFile } from "node:child_process";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
+import { selectedHomeserver } from "../../dev/homeserver";
 import { venvDir } from "../../dev/synapse";
+import { tuwunelBin, tuwunelVersion } from "../../dev/tuwunel";
 
 export interface MachineInfo {
   cpuModel: string;
@@ -10,7 +12,8 @@ export interface MachineInfo {
   memoryGiB: number;
   os: string;
   node: string;
-  synapse: string;
+  /** e.g. `Synapse 1.143.0 (sqlite)` or `tuwunel 1.4.6 (RocksDB)`. */
+  homeserver: string;
   loadAverageStart: number[];
   loadAverageEnd: number[];
 }
@@ -37,7 +40,8 @@ export async function machineInfo(): Promise<MachineInfo> {
     memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
     os: `${type()} ${release()}`,
     node: process.version,
-    synapse: await synapseVersion(),
+    homeserver:
+      selectedHomeserver() === "tuwunel" ? `${tuwunelVersion(tuwunelBin())} (RocksDB)` : `Synapse ${await synapseVersion()} (sqlite)`,
     loadAverageStart: load(),
     loadAverageEnd: load(),
   };

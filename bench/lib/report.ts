@@ -88,7 +88,7 @@ function metText(met: boolean | null): string {
 
 export function machineLine(m: MachineInfo): string {
   return (
-    `${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB RAM, ${m.os}; Node ${m.node}; Synapse ${m.synapse} (sqlite); ` +
+    `${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB RAM, ${m.os}; Node ${m.node}; ${m.homeserver}; ` +
     `load average ${m.loadAverageStart.join(" ")} at start, ${m.loadAverageEnd.join(" ")} at the end`
   );
 }

@@ -1,17 +1,20 @@
 /**
- * The run's Synapse: started through the test harness (127.0.0.1, rate limits off) under the run
- * dir, with every hive-matrix registration the selected scenarios need, and open registration
- * with a registration token so the older onboarding flow can be measured against the same server.
+ * The run's homeserver (Synapse, or tuwunel when TUWUNEL_BIN is set): started through the dev
+ * launchers (127.0.0.1, Synapse's rate limits off) under the run dir, with every hive-matrix
+ * registration the selected scenarios need, and registration with a registration token so the
+ * older onboarding flow can be measured against the same server.
  */
 import { join } from "node:path";
-import { freePort, registerUser, startSynapse, type RegisteredUser, type RunningSynapse } from "../../dev/synapse";
+import { registerUser, startHomeserver, type RunningHomeserver } from "../../dev/homeserver";
+import { freePort, type RegisteredUser } from "../../dev/server-process";
 import { prepareHive, type HiveKind, type HiveSpec } from "./hive";
 import { BenchUser, callOk } from "./matrix";
 
 export const SERVER_NAME = "hive.bench";
 
 export interface BenchSynapse {
-  synapse: RunningSynapse;
+  synapse: RunningHomeserver;
+  /** A server admin (on tuwunel the launcher's own first user). */
   admin: RegisteredUser;
   /** The hive's operator (in every instance's `operators`). */
   operator: BenchUser;
@@ -21,7 +24,7 @@ export interface BenchSynapse {
   startupMs: number;
 }
 
-/** The older flow's prerequisites (docs/architecture.md: "a shared registration token and registered every agent through UIAA"). */
+/** The older flow's prerequisites on Synapse (docs/architecture.md: "a shared registration token and registered every agent through UIAA"); tuwunel's launcher always sets a registration token. */
 const LEGACY_REGISTRATION = {
   enable_registration: true,
   enable_registration_without_verification: true,
@@ -35,16 +38,16 @@ export async function startBenchSynapse(runDir: string, kinds: readonly HiveKind
   const hives = new Map<HiveKind, HiveSpec>();
   for (const kind of kinds) hives.set(kind, await prepareHive(kind, runDir, { url, serverName: SERVER_NAME }, [operatorId]));
   const started = Date.now();
-  const synapse = await startSynapse({
-    baseDir: join(runDir, "synapse"),
+  const synapse = await startHomeserver({
+    baseDir: join(runDir, "homeserver"),
     serverName: SERVER_NAME,
     port,
     appserviceConfigFiles: [...hives.values()].map((h) => h.config.appservice.registration),
-    extraConfig: LEGACY_REGISTRATION,
+    synapseConfig: LEGACY_REGISTRATION,
   });
   const startupMs = Date.now() - started;
   try {
-    const admin = await registerUser(synapse, "bench-admin", { admin: true });
+    const admin = synapse.kind === "tuwunel" ? synapse.admin : await registerUser(synapse, "bench-admin", { admin: true });
     const operator = await registerUser(synapse, "operator", { displayname: "Operator" });
     const observer = await registerUser(synapse, "observer", { displayname: "Observer" });
     return {
@@ -61,8 +64,12 @@ export async function startBenchSynapse(runDir: string, kinds: readonly HiveKind
   }
 }
 
-/** A registration token for the older flow, through Synapse's admin API. */
+/**
+ * A registration token for the older flow: a new one through Synapse's admin API; tuwunel (before
+ * 1.6) has only the one from its config, without a use limit.
+ */
 export async function createRegistrationToken(synapse: BenchSynapse, usesAllowed: number): Promise<string> {
+  if (synapse.synapse.kind === "tuwunel") return synapse.synapse.registrationToken;
   const res = await callOk(synapse.synapse.url, "POST", "/_synapse/admin/v1/registration_tokens/new", {
     token: synapse.admin.accessToken,
     body: { uses_allowed: usesAllowed },

@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { newToken } from "../../src/registration";
-import { freePort } from "../../dev/synapse";
+import { freePort } from "../../dev/server-process";
 import type { BenchContext, Scenario, ScenarioOutcome } from "../lib/context";
 import type { HiveKind } from "../lib/hive";
 import { ChildHost } from "../lib/host";

@@ -191,7 +191,7 @@ describe("one agent, many requests, and a tenant racing its own dirs", () => {
     // Provisioned by a version that did not record accounts yet; its token file was lost since.
     const older = uniqueName("ol");
     const localpart = (name: string): string => slot.agentTemplate.replace("{name}", name);
-    const userOf = (name: string): string => `@${localpart(name)}:${env.synapse.serverName}`;
+    const userOf = (name: string): string => `@${localpart(name)}:${env.homeserver.serverName}`;
     // Accounts created behind hive-matrix's back (here by the appservice token, as the old flow or a
     // lost reply would leave them): one with a session of its own.
     for (const name of [foreign, interrupted, older]) {
@@ -275,7 +275,7 @@ describe("names that select someone else's account under the bare {name} templat
       const person = slot.preexistingAccounts[1];
       const botDir = makeAgentDir(config, bot);
       const personDir = makeAgentDir(config, person.name);
-      const botUserId = `@${bot}:${env.synapse.serverName}`;
+      const botUserId = `@${bot}:${env.homeserver.serverName}`;
       const botDevicesBefore = await devicesOf(slot.asToken, botUserId);
 
       run = await startRecordedService(config, registration);

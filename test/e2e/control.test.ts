@@ -1,5 +1,5 @@
 /**
- * The control room against a real Synapse, with real users sending real messages: the room is
+ * The control room against a real homeserver (Synapse or tuwunel), with real users sending real messages: the room is
  * created for the operator, commands are answered as replies, destructive ones wait for --yes,
  * strangers are refused, the appservice's own users are ignored, a redelivered command runs once
  * (new transaction, and a restart of the component), progress is one edited message, reports are
@@ -13,7 +13,8 @@ import { ensureRegistered } from "../../src/matrix/users";
 import { loadRegistration, type Registration } from "../../src/registration";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { RecordingApi } from "../support/control";
 import { cs, say, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
@@ -22,7 +23,7 @@ import { eventually as until } from "../support/wait";
 const env = e2eEnv();
 const stamp = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
 
-describe("control room against Synapse", () => {
+describe("control room against the homeserver", () => {
   let slot: AcquiredSlot;
   let run: StartedService;
   let config: Config;
@@ -82,8 +83,8 @@ describe("control room against Synapse", () => {
 
   beforeAll(async () => {
     slot = await acquireSlot("standard");
-    operator = await registerUser(env.synapse, `op${stamp}`);
-    stranger = await registerUser(env.synapse, `stranger${stamp}`);
+    operator = await registerUser(env.homeserver, `op${stamp}`);
+    stranger = await registerUser(env.homeserver, `stranger${stamp}`);
     config = makeTestConfig(slot, { operators: [operator.userId], control: { notifyIntervalSeconds: 1 } });
     registration = loadRegistration(slot.registrationPath);
     // The component under test is wired here with a recording api; the service's own is off.
@@ -110,7 +111,7 @@ describe("control room against Synapse", () => {
     const get = (type: string, key = ""): Record<string, unknown> | undefined =>
       state.find((s) => s.type === type && s.state_key === key)?.content;
     expect(get("m.room.join_rules")).toMatchObject({ join_rule: "invite" });
-    expect(get("m.room.name")).toEqual({ name: `hive control (${env.synapse.serverName})` });
+    expect(get("m.room.name")).toEqual({ name: `hive control (${env.homeserver.serverName})` });
     expect(get("m.room.encryption")).toBeUndefined();
     expect(get("m.room.power_levels")?.users).toMatchObject({ [run.service.botUserId]: 100, [operator.userId]: 100 });
     expect(get("m.room.member", operator.userId)).toMatchObject({ membership: "join" });
@@ -157,7 +158,7 @@ describe("control room against Synapse", () => {
 
   it("ignores the appservice's own users: no action, no answer", async () => {
     const localpart = slot.agentTemplate.replace("{name}", `c${stamp.slice(-6)}`);
-    const agent = await ensureRegistered(run.service.transport, localpart, env.synapse.serverName);
+    const agent = await ensureRegistered(run.service.transport, localpart, env.homeserver.serverName);
     await cs(operator.accessToken, "POST", `/rooms/${encodeURIComponent(roomId)}/invite`, { user_id: agent.userId });
     const agentClient = new HiveMatrixClient(run.service.transport, agent.userId);
     await agentClient.joinRoom(roomId);

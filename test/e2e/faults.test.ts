@@ -1,5 +1,5 @@
 /**
- * Faults against a real Synapse: a homeserver that is down at start or restarts mid-onboarding,
+ * Faults against the real homeserver (Synapse or tuwunel): a homeserver that is down at start or restarts mid-onboarding,
  * a state dir that cannot be written, a corrupted state file. Nothing is lost, nothing duplicated.
  */
 import { randomBytes } from "node:crypto";
@@ -10,7 +10,8 @@ import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { StateError } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { attachSynapse, freePort } from "../../dev/synapse";
+import { attachHomeserver } from "../../dev/homeserver";
+import { freePort } from "../../dev/server-process";
 import { TcpProxy } from "../support/proxy";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually, until } from "../support/wait";
@@ -18,7 +19,7 @@ import { eventually, until } from "../support/wait";
 const env = e2eEnv();
 
 async function get(token: string, path: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`${env.synapse.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  const res = await fetch(`${env.homeserver.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
@@ -48,7 +49,7 @@ describe("faults", () => {
   afterAll(() => slot?.release());
 
   it("homeserver down at start: the service waits, then becomes ready, without crashing", async () => {
-    const proxy = new TcpProxy(await freePort(), { host: "127.0.0.1", port: env.synapse.port });
+    const proxy = new TcpProxy(await freePort(), { host: "127.0.0.1", port: env.homeserver.port });
     const config = makeTestConfig(slot, { homeserver: { url: proxy.url } });
     const starting = startRecordedService(config, registration);
     let settled = false;
@@ -72,15 +73,15 @@ describe("faults", () => {
     }
   });
 
-  it("Synapse restarted in the middle of onboarding 30 agents: all 30 provisioned, one device each", async () => {
+  it("the homeserver restarted in the middle of onboarding 30 agents: all 30 provisioned, one device each", async () => {
     const config: Config = makeTestConfig(slot, { agents: { concurrency: 8 } });
     const names = Array.from({ length: 30 }, (_, i) => `r${randomBytes(2).toString("hex")}${i}`);
     for (const name of names) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
     run = await startRecordedService(config, registration);
     const service = run.service;
     await until(() => names.some((n) => existsSync(join(config.agents.stateRoot, n, "state", "matrix-token"))), 20_000);
-    const synapse = await attachSynapse(env.synapse.baseDir);
-    const restarting = synapse.restart();
+    const homeserver = await attachHomeserver(env.homeserver);
+    const restarting = homeserver.restart();
     const doneAtRestart = names.filter((n) => existsSync(join(config.agents.stateRoot, n, "state", "matrix-token"))).length;
     await restarting;
     await until(async () => {
@@ -126,7 +127,7 @@ describe("faults", () => {
       expect(record?.state).toBe("failed");
       // Checked before any homeserver call: the account was not even created.
       const userId = String(record?.userId);
-      const profile = await fetch(`${env.synapse.url}/_matrix/client/v3/profile/${encodeURIComponent(userId)}`);
+      const profile = await fetch(`${env.homeserver.url}/_matrix/client/v3/profile/${encodeURIComponent(userId)}`);
       expect(profile.status).toBe(404);
       restore();
       restored = true;

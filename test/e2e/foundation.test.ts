@@ -1,11 +1,11 @@
 /**
- * The foundation against a real Synapse: startup (bot registered, ping), a real transaction
+ * The foundation against a real homeserver (Synapse or tuwunel): startup (bot registered, ping), a real transaction
  * pushed by the homeserver seen exactly once, and a clear ping failure on an hs_token mismatch.
  */
 import { loadRegistration } from "../../src/registration";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
 import { startRecordedService, type StartedService } from "../support/service";
 
 async function startOn(slot: AcquiredSlot): Promise<StartedService> {
@@ -22,7 +22,7 @@ async function until(check: () => boolean, timeoutMs = 20_000): Promise<void> {
   }
 }
 
-describe("foundation against Synapse", () => {
+describe("foundation against the homeserver", () => {
   let slot: AcquiredSlot;
   let run: Awaited<ReturnType<typeof startOn>>;
   const env = e2eEnv();
@@ -42,12 +42,12 @@ describe("foundation against Synapse", () => {
     expect(run.service.lastPing?.ok ? "ok" : JSON.stringify(run.service.lastPing)).toBe("ok");
     expect(run.service.lastPingReceived).toBeDefined();
     const whoami = (await run.service.bot.getWhoAmI()) as { user_id: string };
-    expect(whoami.user_id).toBe(`@${slot.botLocalpart}:${env.synapse.serverName}`);
+    expect(whoami.user_id).toBe(`@${slot.botLocalpart}:${env.homeserver.serverName}`);
   });
 
   it("receives a real transaction (an invite of the bot) exactly once", async () => {
-    const alice = await registerUser(env.synapse, `alice${Date.now()}`);
-    const create = await fetch(`${env.synapse.url}/_matrix/client/v3/createRoom`, {
+    const alice = await registerUser(env.homeserver, `alice${Date.now()}`);
+    const create = await fetch(`${env.homeserver.url}/_matrix/client/v3/createRoom`, {
       method: "POST",
       headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Type": "application/json" },
       body: JSON.stringify({ invite: [run.service.botUserId], preset: "private_chat" }),
@@ -57,9 +57,9 @@ describe("foundation against Synapse", () => {
     const isInvite = (e: MatrixEvent): boolean =>
       e.type === "m.room.member" && e.room_id === roomId && e.state_key === run.service.botUserId && e.content?.membership === "invite";
     await until(() => run.seen.some(isInvite));
-    // Synapse sends an appservice's transactions one after the other: once an invite to a second
+    // The homeserver sends an appservice's transactions one after the other: once an invite to a second
     // room arrived, any (wrong) redelivery of the first would have arrived before it.
-    const second = await fetch(`${env.synapse.url}/_matrix/client/v3/createRoom`, {
+    const second = await fetch(`${env.homeserver.url}/_matrix/client/v3/createRoom`, {
       method: "POST",
       headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Type": "application/json" },
       body: JSON.stringify({ invite: [run.service.botUserId], preset: "private_chat" }),
@@ -77,7 +77,7 @@ describe("foundation against Synapse", () => {
   });
 });
 
-describe("hs_token mismatch against Synapse", () => {
+describe("hs_token mismatch against the homeserver", () => {
   it("the ping fails and the service says why", async () => {
     const slot = await acquireSlot("badtoken");
     try {

@@ -1,13 +1,15 @@
 /**
- * The e2e harness itself: the run's Synapse, its appservice slots and the helpers the other e2e
- * tests rely on, checked against what Synapse actually answers.
+ * The e2e harness itself: the run's homeserver, its appservice slots and the helpers the other e2e
+ * tests rely on, checked against what the homeserver (Synapse or tuwunel) actually answers.
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import YAML from "yaml";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot, type Slot } from "../harness/slots";
-import { SynapseHttpError, registerUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import { HomeserverHttpError } from "../../dev/server-process";
+import { itSynapseOnly, onTuwunel } from "../support/homeserver";
 
 interface MxResponse {
   status: number;
@@ -15,7 +17,7 @@ interface MxResponse {
 }
 
 const env = e2eEnv();
-const hs = env.synapse;
+const hs = env.homeserver;
 const rand = (): string => randomBytes(4).toString("hex");
 
 async function mx(
@@ -93,11 +95,15 @@ describe("e2e harness", () => {
 
     it("keeps its namespace exclusive against non-appservice registration", async () => {
       const localpart = slot.agentTemplate.replace("{name}", `x${rand()}`);
-      // enable_registration is off, so the shared-secret admin API is the only other way in; it
-      // runs the same check_username as /register and must refuse.
+      // The other way in: Synapse's shared-secret admin API (it runs the same check_username as
+      // /register), tuwunel's token-gated /register. Both must refuse.
       const err = await registerUser(hs, localpart).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(SynapseHttpError);
-      expect((err as SynapseHttpError).errcode).toBe("M_EXCLUSIVE");
+      expect(err).toBeInstanceOf(HomeserverHttpError);
+      expect((err as HomeserverHttpError).errcode).toBe("M_EXCLUSIVE");
+    });
+
+    itSynapseOnly("/_synapse/admin is Synapse's admin API", "reports the namespace as taken to a server admin", async () => {
+      const localpart = slot.agentTemplate.replace("{name}", `x${rand()}`);
       const admin = await registerUser(hs, `admin${rand()}`, { admin: true });
       const available = await mx("GET", "/_synapse/admin/v1/username_available", admin.accessToken, {
         query: { username: localpart },
@@ -105,12 +111,12 @@ describe("e2e harness", () => {
       expect(available).toMatchObject({ status: 400, body: { errcode: "M_EXCLUSIVE" } });
     });
 
-    it("is reachable by Synapse with the hs_token of the service's copy", async () => {
+    it("is reachable by the homeserver with the hs_token of the service's copy", async () => {
       const { server, seenTokens } = await fakeAppservice(slot);
       try {
         const ping = await mx("POST", `/_matrix/client/v1/appservice/${slot.id}/ping`, slot.asToken, { body: {} });
         expect(ping.status).toBe(200);
-        // Synapse may also deliver transactions queued for this slot by earlier tests: every request counts.
+        // The homeserver may also deliver transactions queued for this slot by earlier tests: every request counts.
         expect(seenTokens.length).toBeGreaterThan(0);
         expect([...new Set(seenTokens)]).toEqual([slot.hsToken]);
       } finally {
@@ -163,23 +169,25 @@ describe("e2e harness", () => {
     }
   });
 
-  it("a badtoken slot: Synapse's hs_token differs from the service's, so the ping fails auth", async () => {
+  it("a badtoken slot: the homeserver's hs_token differs from the service's, so the ping fails auth", async () => {
     const slot = await acquireSlot("badtoken");
     try {
-      expect(slot.synapseHsToken).not.toBe(slot.hsToken);
-      const synapseCopy = YAML.parse(readFileSync(slot.synapseRegistrationPath, "utf8")) as Record<string, unknown>;
+      expect(slot.homeserverHsToken).not.toBe(slot.hsToken);
+      const homeserverCopy = YAML.parse(readFileSync(slot.homeserverRegistrationPath, "utf8")) as Record<string, unknown>;
       const serviceCopy = YAML.parse(readFileSync(slot.registrationPath, "utf8")) as Record<string, unknown>;
-      expect({ ...synapseCopy, hs_token: "x" }).toEqual({ ...serviceCopy, hs_token: "x" });
+      expect({ ...homeserverCopy, hs_token: "x" }).toEqual({ ...serviceCopy, hs_token: "x" });
 
       const { server, seenTokens } = await fakeAppservice(slot);
       try {
         const ping = await mx("POST", `/_matrix/client/v1/appservice/${slot.id}/ping`, slot.asToken, { body: {} });
-        expect(ping).toMatchObject({ status: 502, body: { errcode: "M_BAD_STATUS", status: 403 } });
-        expect(seenTokens).toEqual([slot.synapseHsToken]);
+        // tuwunel has no M_BAD_STATUS: any failed appservice call is its generic 500.
+        if (onTuwunel) expect(ping).toMatchObject({ status: 500, body: { errcode: "M_UNKNOWN" } });
+        else expect(ping).toMatchObject({ status: 502, body: { errcode: "M_BAD_STATUS", status: 403 } });
+        expect(seenTokens).toEqual([slot.homeserverHsToken]);
       } finally {
         await new Promise((resolve) => server.close(resolve));
       }
-      // The as_token is shared, so the service can still talk to Synapse.
+      // The as_token is shared, so the service can still talk to the homeserver.
       const whoami = await mx("GET", "/_matrix/client/v3/account/whoami", slot.asToken);
       expect(whoami).toMatchObject({ status: 200, body: { user_id: `@${slot.botLocalpart}:${hs.serverName}` } });
     } finally {
@@ -213,7 +221,7 @@ describe("e2e harness", () => {
         () => undefined,
         (e: unknown) => e,
       );
-      // An unlisted name is NOT in the namespace, so it is NOT in the namespace: the shared secret may create it.
+      // An unlisted name is NOT in the namespace: an ordinary registration may create it.
       expect(err).toBeUndefined();
     } finally {
       slot.release();

@@ -1,5 +1,5 @@
 /**
- * The whole hive against Synapse, with the real back end: agents onboarded and joined to the
+ * The whole hive against the homeserver (Synapse or tuwunel), with the real back end: agents onboarded and joined to the
  * Space and hive-chat, and a real operator running it from the control room (#3, #4, #5 together).
  */
 import { randomBytes } from "node:crypto";
@@ -12,7 +12,8 @@ import { leaves } from "../../src/control/table";
 import { HiveMatrixClient } from "../../src/matrix/client";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
@@ -30,7 +31,7 @@ describe("the hive, run from the control room", () => {
   const names = [`h${tag}a`, `h${tag}b`];
   const added = `h${tag}x`;
 
-  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`;
+  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.homeserver.serverName}`;
   const reply = (eventId: string): Promise<RoomEvent> =>
     eventually(async () => (await repliesTo(operator, controlRoom, eventId, run.service.botUserId))[0], `the bot's reply to ${eventId}`);
   const body = (e: RoomEvent): string => String(((e.content["m.new_content"] as RoomEvent["content"] | undefined) ?? e.content).body);
@@ -54,8 +55,8 @@ describe("the hive, run from the control room", () => {
 
   beforeAll(async () => {
     slot = await acquireSlot("standard");
-    operator = await registerUser(env.synapse, `hop${tag}`);
-    stranger = await registerUser(env.synapse, `hstr${tag}`);
+    operator = await registerUser(env.homeserver, `hop${tag}`);
+    stranger = await registerUser(env.homeserver, `hstr${tag}`);
     config = makeTestConfig(slot, { operators: [operator.userId], control: { notifyIntervalSeconds: 1 } });
     for (const name of names) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
     run = await startRecordedService(config, loadRegistration(slot.registrationPath));
@@ -138,7 +139,7 @@ describe("the hive, run from the control room", () => {
       const file = join(dir, "matrix-token");
       return existsSync(file) ? readFileSync(file, "utf8").trim() : undefined;
     }, `${added}'s token file`);
-    const who = await fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
+    const who = await fetch(`${env.homeserver.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
     expect(((await who.json()) as { user_id?: string }).user_id).toBe(userOf(added));
   });
 
@@ -157,7 +158,9 @@ describe("the hive, run from the control room", () => {
     const fresh = readFileSync(file, "utf8").trim();
     expect(fresh).not.toBe(old);
     const whoami = (token: string): Promise<number> =>
-      fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.status);
+      fetch(`${env.homeserver.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } }).then(
+        (r) => r.status,
+      );
     expect(await whoami(old)).toBe(401);
     expect(await whoami(fresh)).toBe(200);
     expect(await membership(run.service.rooms.spaceId!, userOf(name))).toBe("join");
@@ -171,7 +174,7 @@ describe("the hive, run from the control room", () => {
     expect(body(ask)).toContain(`!hive agent remove ${name} --yes`);
     expect(run.service.agents.records.get(name)?.state).toBe("joined");
     const whoami = (): Promise<Response> =>
-      fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
+      fetch(`${env.homeserver.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
     expect((await whoami()).status).toBe(200);
 
     const text = await finalText(await say(operator, controlRoom, `!hive agent remove ${name} --yes`), /Removed|removed/);
@@ -229,8 +232,8 @@ describe("the hive, run from the control room", () => {
     expect(String(status.content.body)).toContain(run.service.rooms.spaceId!);
     expect(String(status.content.body)).toContain(run.service.rooms.chatId!);
     // The aliases too: the way in for clients that cannot join a version 12 room (the Space) by its ID.
-    expect(String(status.content.body)).toContain(`#${config.rooms.space.alias}:${env.synapse.serverName}`);
-    expect(String(status.content.body)).toContain(`#${config.rooms.chat.alias}:${env.synapse.serverName}`);
+    expect(String(status.content.body)).toContain(`#${config.rooms.space.alias}:${env.homeserver.serverName}`);
+    expect(String(status.content.body)).toContain(`#${config.rooms.chat.alias}:${env.homeserver.serverName}`);
     const reports = (await timeline(operator, controlRoom)).filter(
       (e) => e.sender === run.service.botUserId && /onboarded/i.test(String(e.content.body)),
     );

@@ -1,5 +1,5 @@
 /**
- * Agent onboarding against a real Synapse: agents appear as state dirs, get users, devices and
+ * Agent onboarding against a real homeserver (Synapse or tuwunel): agents appear as state dirs, get users, devices and
  * token files; restarts change nothing; rotation and removal revoke; hostile dirs change nothing.
  */
 import { randomBytes } from "node:crypto";
@@ -53,7 +53,7 @@ function readToken(config: Config, name: string): string {
   return readFileSync(tokenPath(config, name), "utf8").trim();
 }
 
-describe("onboarding against Synapse", () => {
+describe("onboarding against the homeserver", () => {
   let slot: AcquiredSlot;
   let registration: Registration;
   let config: Config;
@@ -87,7 +87,7 @@ describe("onboarding against Synapse", () => {
       expect(st.mode & 0o777).toBe(0o600);
       const who = await whoami(readToken(config, name));
       expect(who.status).toBe(200);
-      expect(who.json.user_id).toBe(`@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`);
+      expect(who.json.user_id).toBe(`@${slot.agentTemplate.replace("{name}", name)}:${env.homeserver.serverName}`);
       expect(await deviceIds(readToken(config, name))).toEqual([`HIVEMATRIX_${name.toUpperCase()}`]);
       expect(service.agents.records.get(name)?.state).toMatch(/token_written|joined/);
     }
@@ -147,7 +147,7 @@ describe("onboarding against Synapse", () => {
     const who = await whoami(token);
     expect(who.json.errcode).toBe("M_UNKNOWN_TOKEN");
     // Kept: registering the name again answers "in use" instead of creating someone new.
-    const reg = await fetch(`${env.synapse.url}/_matrix/client/v3/register`, {
+    const reg = await fetch(`${env.homeserver.url}/_matrix/client/v3/register`, {
       method: "POST",
       headers: { Authorization: `Bearer ${slot.asToken}`, "Content-Type": "application/json" },
       body: JSON.stringify({

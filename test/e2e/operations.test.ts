@@ -9,7 +9,8 @@ import type { Config } from "../../src/config/schema";
 import { HiveMatrixClient } from "../../src/matrix/client";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
@@ -27,7 +28,7 @@ describe("operating the hive from chat", () => {
   let controlRoom: string;
   const names = [`o${tag}a`, `o${tag}b`];
 
-  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`;
+  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.homeserver.serverName}`;
   const body = (e: RoomEvent): string => String(e.content.body);
   /** The HTML table row of `name` in a listing (the plain body wraps to 80 columns; the HTML keeps one row per agent). */
   const row = (e: RoomEvent, name: string): string =>
@@ -46,7 +47,7 @@ describe("operating the hive from chat", () => {
 
   beforeAll(async () => {
     slot = await acquireSlot("standard");
-    operator = await registerUser(env.synapse, `oop${tag}`);
+    operator = await registerUser(env.homeserver, `oop${tag}`);
     const base = makeTestConfig(slot);
     const metricsTokenFile = join(base.stateDir, "..", "metrics-token");
     writeFileSync(metricsTokenFile, `${METRICS_TOKEN}\n`, { mode: 0o600 });
@@ -99,7 +100,7 @@ describe("operating the hive from chat", () => {
   });
 
   it("a runtime operator can command, is invited into the rooms, survives a restart, and can be removed", async () => {
-    const newcomer = await registerUser(env.synapse, `onew${tag}`);
+    const newcomer = await registerUser(env.homeserver, `onew${tag}`);
     const refusedFirst = await cs(newcomer.accessToken, "POST", `/join/${encodeURIComponent(controlRoom)}`, {}).then(
       () => "joined",
       () => "refused",

@@ -1,5 +1,5 @@
 /**
- * hive-matrix as a real process against Synapse: SIGTERM lets in-flight onboarding finish and
+ * hive-matrix as a real process against the homeserver (Synapse or tuwunel): SIGTERM lets in-flight onboarding finish and
  * flushes state; a later start completes the rest with one device per agent.
  */
 import { randomBytes } from "node:crypto";
@@ -9,7 +9,7 @@ import { z } from "zod";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { spawnService, waitReady } from "../support/child";
-import { registerUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually, until } from "../support/wait";
@@ -17,12 +17,12 @@ import { eventually, until } from "../support/wait";
 const env = e2eEnv();
 
 async function whoami(token: string): Promise<number> {
-  const res = await fetch(`${env.synapse.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
+  const res = await fetch(`${env.homeserver.url}/_matrix/client/v3/account/whoami`, { headers: { Authorization: `Bearer ${token}` } });
   return res.status;
 }
 
 async function deviceCount(token: string): Promise<number> {
-  const res = await fetch(`${env.synapse.url}/_matrix/client/v3/devices`, { headers: { Authorization: `Bearer ${token}` } });
+  const res = await fetch(`${env.homeserver.url}/_matrix/client/v3/devices`, { headers: { Authorization: `Bearer ${token}` } });
   return ((await res.json()) as { devices: unknown[] }).devices.length;
 }
 
@@ -83,7 +83,7 @@ describe("hive-matrix as a process", () => {
   it("SIGKILL while commands are in flight: after restarts every command is answered exactly once, none runs twice", async () => {
     await run?.service.stop();
     run = undefined;
-    const operator = await registerUser(env.synapse, `kop${randomBytes(3).toString("hex")}`);
+    const operator = await registerUser(env.homeserver, `kop${randomBytes(3).toString("hex")}`);
     const config = makeTestConfig(slot, { operators: [operator.userId], logging: { level: "info" } });
     const dir = join(config.stateDir, "..");
     const commands: string[] = [];
@@ -101,7 +101,7 @@ describe("hive-matrix as a process", () => {
       await waitReady(config.appservice.url, child);
     }
     try {
-      const botUserId = `@${slot.botLocalpart}:${env.synapse.serverName}`;
+      const botUserId = `@${slot.botLocalpart}:${env.homeserver.serverName}`;
       for (const eventId of commands) {
         await eventually(
           async () => ((await repliesTo(operator, roomId, eventId, botUserId)).length > 0 ? true : undefined),

@@ -4,8 +4,8 @@
  * registration and restarts the homeserver (Synapse, like tuwunel, reads registrations only at
  * start); hive-matrix re-reads the file by itself and the agent onboards.
  *
- * It runs its own Synapse, which loads the service's registration file directly (as the NixOS
- * module's tuwunel does): restarting the run's shared Synapse would disturb the other test files.
+ * It runs its own homeserver (the run's kind), which loads the service's registration file directly
+ * (as the NixOS module's tuwunel does): restarting the run's shared one would disturb the other test files.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
@@ -13,7 +13,8 @@ import { join } from "node:path";
 import { configSchema, type Config } from "../../src/config/schema";
 import { loadRegistration, writeRegistration } from "../../src/registration";
 import { e2eEnv } from "../harness/slots";
-import { freePort, startSynapse, type RunningSynapse } from "../../dev/synapse";
+import { startHomeserver, type RunningHomeserver } from "../../dev/homeserver";
+import { freePort } from "../../dev/server-process";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
 
@@ -21,7 +22,7 @@ const env = e2eEnv();
 const tag = randomBytes(2).toString("hex");
 
 describe("registration refresh without restarting hive-matrix", () => {
-  let synapse: RunningSynapse | undefined;
+  let synapse: RunningHomeserver | undefined;
   let run: StartedService | undefined;
   let config: Config;
   const first = `ra${tag}`;
@@ -33,7 +34,7 @@ describe("registration refresh without restarting hive-matrix", () => {
     const synapsePort = await freePort();
     const port = await freePort();
     config = configSchema.parse({
-      homeserver: { url: `http://127.0.0.1:${synapsePort}`, domain: env.synapse.serverName },
+      homeserver: { url: `http://127.0.0.1:${synapsePort}`, domain: env.homeserver.serverName },
       appservice: {
         id: "hm-refresh",
         port,
@@ -49,9 +50,9 @@ describe("registration refresh without restarting hive-matrix", () => {
     mkdirSync(join(dir, "appservice"), { mode: 0o700 });
     mkdirSync(join(config.agents.stateRoot, first, "state"), { recursive: true });
     writeRegistration(config, config.appservice.registration, [first]);
-    synapse = await startSynapse({
-      baseDir: join(dir, "synapse"),
-      serverName: env.synapse.serverName,
+    synapse = await startHomeserver({
+      baseDir: join(dir, "homeserver"),
+      serverName: env.homeserver.serverName,
       port: synapsePort,
       appserviceConfigFiles: [config.appservice.registration],
     });
@@ -99,7 +100,7 @@ describe("registration refresh without restarting hive-matrix", () => {
       90_000,
     );
     const token = readFileSync(tokenFile(newcomer), "utf8").trim();
-    expect(await whoami(token)).toBe(`@${newcomer}:${env.synapse.serverName}`);
+    expect(await whoami(token)).toBe(`@${newcomer}:${env.homeserver.serverName}`);
     // The same instance all along.
     expect(service.isReady()).toBe(true);
     expect(run!.logs.join("")).not.toContain("hive-matrix stopped");

@@ -3,7 +3,8 @@
  * either order, with and without transactions queued. After each, the operator's commands are
  * answered, each exactly once.
  *
- * This file runs a Synapse of its own. Synapse numbers appservice transactions from one sequence
+ * This file runs a homeserver of its own (the run's kind; on tuwunel the transaction numbering keeps
+ * rising across restarts, so the replay case below is Synapse's). Synapse numbers appservice transactions from one sequence
  * for all appservices, which on SQLite starts again at max(txn_id) of its queue table, emptied as
  * transactions are delivered: only on a server whose one appservice is this hive does a restart
  * with an empty queue reliably start again at 1, which is the case reproduced here (the journal has
@@ -15,7 +16,8 @@ import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { writeRegistration, type Registration } from "../../src/registration";
 import { e2eEnv, makeTestConfig } from "../harness/slots";
-import { freePort, registerUser, startSynapse, type RunningSynapse } from "../../dev/synapse";
+import { registerUser, startHomeserver, type RunningHomeserver } from "../../dev/homeserver";
+import { freePort } from "../../dev/server-process";
 import { cs, repliesTo, say, type ClientUser } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
@@ -24,7 +26,7 @@ const env = e2eEnv();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe("restarts of hive-matrix and of the homeserver", () => {
-  let synapse: RunningSynapse;
+  let synapse: RunningHomeserver;
   let config: Config;
   let registration: Registration;
   let operator: ClientUser;
@@ -90,11 +92,11 @@ describe("restarts of hive-matrix and of the homeserver", () => {
       agentTemplate: "rs-{name}",
     };
     const base = makeTestConfig(identity);
-    mkdirSync(join(dir, "synapse"), { mode: 0o700 });
+    mkdirSync(join(dir, "homeserver"), { mode: 0o700 });
     registration = writeRegistration(base, identity.registrationPath).registration;
-    synapse = await startSynapse({
-      baseDir: join(dir, "synapse"),
-      serverName: env.synapse.serverName,
+    synapse = await startHomeserver({
+      baseDir: join(dir, "homeserver"),
+      serverName: env.homeserver.serverName,
       port: await freePort(),
       appserviceConfigFiles: [identity.registrationPath],
     });

@@ -1,5 +1,5 @@
 /**
- * The hive's Space and hive-chat against a real Synapse: created once with exactly the desired
+ * The hive's Space and hive-chat against a real homeserver (Synapse or tuwunel): created once with exactly the desired
  * state, usable by an operator (Space invite, hierarchy, the restricted join), agents joined and
  * removed, drift repaired (also when an event triggers the loop), a second reconcile that writes
  * nothing, restarts that keep the rooms, deleted files that make new ones, adopted rooms the bot
@@ -15,12 +15,13 @@ import { RoomsReconciler, type RoomsDeps } from "../../src/rooms/reconciler";
 import type { DesiredMembers, ReconcileReport } from "../../src/rooms/types";
 import { StateStore } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { startRecordedService, type StartedService } from "../support/service";
 import { request } from "../support/operator";
 
 const env = e2eEnv();
-const DOMAIN = env.synapse.serverName;
+const DOMAIN = env.homeserver.serverName;
 const stamp = Date.now().toString(36);
 const enc = encodeURIComponent;
 
@@ -44,7 +45,7 @@ async function until(check: () => Promise<boolean> | boolean, timeoutMs = 20_000
   }
 }
 
-describe("the hive's Space and hive-chat against Synapse", () => {
+describe("the hive's Space and hive-chat against the homeserver", () => {
   let slot: AcquiredSlot;
   let run: StartedService;
   let operator: RegisteredUser;
@@ -54,7 +55,7 @@ describe("the hive's Space and hive-chat against Synapse", () => {
     slot = await acquireSlot("standard");
     const config = makeTestConfig(slot);
     run = await startRecordedService(config, loadRegistration(slot.registrationPath));
-    operator = await registerUser(env.synapse, `op-${stamp}`);
+    operator = await registerUser(env.homeserver, `op-${stamp}`);
     agents = [];
     for (const name of ["one", "two"]) {
       const localpart = slot.agentTemplate.replace("{name}", `${name}${stamp}`);
@@ -66,7 +67,7 @@ describe("the hive's Space and hive-chat against Synapse", () => {
     slot?.release();
   });
 
-  /** A hive on its own state dir (and its own alias: aliases are global on the shared Synapse). */
+  /** A hive on its own state dir (and its own alias: aliases are global on the shared homeserver). */
   function hiveConfig(operators: string[], alias = `hive-chat-${stamp}-${Math.random().toString(36).slice(2, 6)}`): Config {
     return makeTestConfig(slot, { operators, rooms: { chat: { alias } } });
   }

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { cs, repliesTo, say, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
@@ -29,7 +30,7 @@ describe("the Space lists every hive room", () => {
   const [a, b] = [`s${tag}a`, `s${tag}b`];
   const rooms: Record<string, string> = {};
 
-  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.synapse.serverName}`;
+  const userOf = (name: string): string => `@${slot.agentTemplate.replace("{name}", name)}:${env.homeserver.serverName}`;
   const enc = encodeURIComponent;
   /** A request as an agent, through the appservice (as the agent's own client would, with its token). */
   const asAgent = <T>(name: string, method: string, path: string, body?: unknown): Promise<T> =>
@@ -53,8 +54,8 @@ describe("the Space lists every hive room", () => {
 
   beforeAll(async () => {
     slot = await acquireSlot("standard");
-    operator = await registerUser(env.synapse, `sop${tag}`);
-    stranger = await registerUser(env.synapse, `sstr${tag}`);
+    operator = await registerUser(env.homeserver, `sop${tag}`);
+    stranger = await registerUser(env.homeserver, `sstr${tag}`);
     config = makeTestConfig(slot, { operators: [operator.userId] });
     for (const name of [a, b]) mkdirSync(join(config.agents.stateRoot, name, "state"), { recursive: true });
     run = await startRecordedService(config, loadRegistration(slot.registrationPath));
@@ -77,7 +78,7 @@ describe("the Space lists every hive room", () => {
     await agentSays(a, room_id, "shall we?");
     await agentSays(b, room_id, "yes");
     await listedWithin(room_id, "the agents' room");
-    expect((await spaceChildren()).get(room_id)).toEqual({ via: [env.synapse.serverName] });
+    expect((await spaceChildren()).get(room_id)).toEqual({ via: [env.homeserver.serverName] });
   });
 
   it("an operator–agent direct chat appears", async () => {
@@ -158,7 +159,7 @@ describe("the Space lists every hive room", () => {
     const added = await reply(await say(operator, controlRoom, `!hive rooms add ${rooms.outsider}`));
     expect(String(added.content.body)).toContain("lists");
     await listedWithin(rooms.outsider, "the added room");
-    const unknown = await reply(await say(operator, controlRoom, `!hive rooms add !nope${tag}:${env.synapse.serverName}`));
+    const unknown = await reply(await say(operator, controlRoom, `!hive rooms add !nope${tag}:${env.homeserver.serverName}`));
     expect(String(unknown.content.body)).toMatch(/No agent of the hive is known to be in/);
   });
 });

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { registerUser, type RegisteredUser } from "../../dev/synapse";
+import { registerUser } from "../../dev/homeserver";
+import type { RegisteredUser } from "../../dev/server-process";
 import { cs, repliesTo, say } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually, until } from "../support/wait";
@@ -39,8 +40,8 @@ describe("trust boundaries against Synapse", () => {
 
   beforeAll(async () => {
     slot = await acquireSlot("standard");
-    operator = await registerUser(env.synapse, `top${tag}`);
-    stranger = await registerUser(env.synapse, `tstr${tag}`);
+    operator = await registerUser(env.homeserver, `top${tag}`);
+    stranger = await registerUser(env.homeserver, `tstr${tag}`);
     const base = makeTestConfig(slot);
     const tokenFile = join(base.stateDir, "..", "metrics-token");
     writeFileSync(tokenFile, `${metricsToken}\n`, { mode: 0o600 });

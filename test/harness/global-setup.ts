@@ -1,34 +1,39 @@
 /**
- * Jest global setup of the e2e project: one Synapse for the whole run, with every slot's
- * registration loaded (see slots.ts). Tests find it through `e2eEnv()`.
+ * Jest global setup of the e2e project: one homeserver for the whole run (tuwunel when TUWUNEL_BIN
+ * names a binary, Synapse otherwise), with every slot's registration loaded (see slots.ts). Tests
+ * find it through `e2eEnv()`.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { CURRENT_RUN_FILE, RUNS_ROOT, RUN_DIR_ENV, SLOT_KINDS, buildSlots, saveSlot, stopOrphanedSynapses, type E2eEnv } from "./slots";
-import { DEFAULT_SERVER_NAME, freePort, registerUser, startSynapse } from "../../dev/synapse";
+import { CURRENT_RUN_FILE, RUNS_ROOT, RUN_DIR_ENV, SLOT_KINDS, buildSlots, saveSlot, stopOrphanedHomeservers } from "./slots";
+import { DEFAULT_SERVER_NAME } from "../../dev/synapse";
+import { accessOf, registerUser, selectedHomeserver, startHomeserver } from "../../dev/homeserver";
+import { freePort } from "../../dev/server-process";
 
 export default async function globalSetup(): Promise<void> {
   const t0 = Date.now();
-  await stopOrphanedSynapses();
+  await stopOrphanedHomeservers();
   const stamp = new Date()
     .toISOString()
     .replace(/[-:]/g, "")
     .replace(/\.\d+Z$/, "Z");
   const runDir = join(RUNS_ROOT, `${stamp}-${process.pid}`);
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
-  const baseDir = join(runDir, "synapse");
+  const baseDir = join(runDir, "homeserver");
+  const kind = selectedHomeserver();
   const serverName = DEFAULT_SERVER_NAME;
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
 
   const slots = await buildSlots(runDir, { url, serverName });
-  const registrations = slots.map((s) => s.synapseRegistrationPath);
+  const registrations = slots.map((s) => s.homeserverRegistrationPath);
 
-  // Accounts "created by the older flow" must exist before Synapse loads the registration that
-  // claims them exclusively: a first start without any appservice creates them.
+  // Accounts "created by the older flow" must exist before the homeserver loads the registration
+  // that claims them exclusively: a first start without any appservice creates them. (On tuwunel
+  // that first start also creates the launcher's admin, so no test user becomes server admin.)
   const needPreexisting = slots.filter((s) => SLOT_KINDS[s.kind].preexistingAccounts && s.agentNames.length > 0);
   if (needPreexisting.length > 0) {
-    const bare = await startSynapse({ baseDir, serverName, port, appserviceConfigFiles: [] });
+    const bare = await startHomeserver({ kind, baseDir, serverName, port, appserviceConfigFiles: [] });
     try {
       for (const slot of needPreexisting) {
         for (const name of slot.agentNames) {
@@ -43,21 +48,14 @@ export default async function globalSetup(): Promise<void> {
   }
 
   const tStart = Date.now();
-  const synapse = await startSynapse({ baseDir, serverName, port, appserviceConfigFiles: registrations });
+  const hs = await startHomeserver({ kind, baseDir, serverName, port, appserviceConfigFiles: registrations });
   const startMs = Date.now() - tStart;
-  const info: E2eEnv["synapse"] = {
-    url: synapse.url,
-    serverName: synapse.serverName,
-    sharedSecret: synapse.sharedSecret,
-    port: synapse.port,
-    baseDir: synapse.baseDir,
-  };
-  writeFileSync(join(runDir, "synapse.json"), JSON.stringify(info, null, 2) + "\n", { mode: 0o600 });
+  writeFileSync(join(runDir, "homeserver.json"), JSON.stringify(accessOf(hs), null, 2) + "\n", { mode: 0o600 });
   mkdirSync(dirname(CURRENT_RUN_FILE), { recursive: true });
   writeFileSync(CURRENT_RUN_FILE, `${runDir}\n`);
   process.env[RUN_DIR_ENV] = runDir;
   process.stderr.write(
-    `\ne2e: synapse ${synapse.url} (pid ${synapse.pid}) with ${slots.length} appservice slots ready in ` +
+    `\ne2e: ${hs.version} ${hs.url} (pid ${hs.pid}) with ${slots.length} appservice slots ready in ` +
       `${Date.now() - t0} ms (last start ${startMs} ms); run dir ${runDir}\n`,
   );
 }

@@ -1,14 +1,15 @@
 /**
- * Application-service "slots" on the run's one Synapse. Synapse reads appservice registrations
- * only at startup, so global setup registers a fixed pool of them; each e2e test file takes a free
+ * Application-service "slots" on the run's one homeserver (Synapse, or tuwunel when TUWUNEL_BIN is
+ * set; see dev/homeserver.ts). Both read appservice registrations only at startup, so global setup
+ * registers a fixed pool of them; each e2e test file takes a free
  * slot of the kind it needs, runs its own hive-matrix instance on it, and releases it.
  *
  * Layout of a run directory (`<repo>/.cache/e2e/<timestamp>-<pid>`):
- *   synapse.json                       how to reach the run's Synapse (see `e2eEnv`)
- *   synapse/                           Synapse's config, database, logs, pid file
+ *   homeserver.json                    how to reach the run's homeserver (see `e2eEnv`)
+ *   homeserver/                        its config, database, logs, pid file
  *   slots/<name>/slot.json             the slot (see `Slot`)
  *   slots/<name>/registration.yaml     the service's copy (0600), restored on every acquire
- *   slots/<name>/synapse-registration.yaml   the copy Synapse loaded
+ *   slots/<name>/homeserver-registration.yaml   the copy the homeserver loaded
  *   slots/<name>/lock                  present while a test holds the slot
  *   tmp/                               per-test state dirs from `makeTestConfig`
  */
@@ -31,7 +32,9 @@ import { join } from "node:path";
 import YAML from "yaml";
 import { configSchema, type Config, type ConfigInput } from "../../src/config/schema";
 import { buildRegistration, newToken, userNamespaces } from "../../src/registration";
-import { REPO_ROOT, freePort, stopSynapseByPidFile, type RegisteredUser } from "../../dev/synapse";
+import { REPO_ROOT } from "../../dev/synapse";
+import { readAccess, stopHomeserverByPidFile, type HomeserverAccess } from "../../dev/homeserver";
+import { freePort, type RegisteredUser } from "../../dev/server-process";
 import { processAlive } from "../../src/store/state-store";
 
 export interface SlotKindSpec {
@@ -43,10 +46,10 @@ export interface SlotKindSpec {
   agentTemplate(k: number): string;
   /** Agent names listed in the registration (needed when the template is the bare `{name}`). */
   agentNames(k: number): string[];
-  /** Synapse's copy of the registration gets a different hs_token, so homeserver→service calls fail auth. */
+  /** The homeserver's copy of the registration gets a different hs_token, so homeserver→service calls fail auth. */
   mismatchedHsToken: boolean;
   /**
-   * Create the listed agents' accounts with the shared secret BEFORE Synapse loads this slot's
+   * Create the listed agents' accounts as ordinary users BEFORE the homeserver loads this slot's
    * registration, as the older registration-token flow did (afterwards the exclusive namespace
    * refuses any non-appservice registration). Their credentials are in `Slot.preexistingAccounts`.
    */
@@ -104,13 +107,13 @@ export interface Slot {
   agentNames: string[];
   /** The service's copy (what `appservice.registration` points at). */
   registrationPath: string;
-  /** The copy Synapse loaded (same as the service's except for the hs_token of a badtoken slot). */
-  synapseRegistrationPath: string;
+  /** The copy the homeserver loaded (same as the service's except for the hs_token of a badtoken slot). */
+  homeserverRegistrationPath: string;
   asToken: string;
   /** The hs_token in the service's copy. */
   hsToken: string;
-  /** The hs_token Synapse sends; differs from `hsToken` only for a badtoken slot. */
-  synapseHsToken: string;
+  /** The hs_token the homeserver sends; differs from `hsToken` only for a badtoken slot. */
+  homeserverHsToken: string;
   preexistingAccounts: PreexistingAccount[];
 }
 
@@ -121,7 +124,7 @@ export interface AcquiredSlot extends Slot {
 
 export interface E2eEnv {
   runDir: string;
-  synapse: { url: string; serverName: string; sharedSecret: string; port: number; baseDir: string };
+  homeserver: HomeserverAccess;
 }
 
 export const CURRENT_RUN_FILE = join(REPO_ROOT, ".cache", "e2e-current");
@@ -152,12 +155,12 @@ function sampleUsers(slot: { botLocalpart: string; agentTemplate: string; agentN
 }
 
 /**
- * Writes every slot of `SLOT_KINDS` under `<runDir>/slots` for a Synapse at `synapse.url`, using the
+ * Writes every slot of `SLOT_KINDS` under `<runDir>/slots` for a homeserver at `hs.url`, using the
  * project's own registration builder. Returns them in a stable order.
  */
-export async function buildSlots(runDir: string, synapse: { url: string; serverName: string }): Promise<Slot[]> {
+export async function buildSlots(runDir: string, hs: { url: string; serverName: string }): Promise<Slot[]> {
   const slots: Slot[] = [];
-  const usedPorts = new Set<number>([Number(new URL(synapse.url).port)]);
+  const usedPorts = new Set<number>([Number(new URL(hs.url).port)]);
   const kinds = Object.keys(SLOT_KINDS) as SlotKind[];
   for (const kind of kinds) {
     const spec: SlotKindSpec = SLOT_KINDS[kind];
@@ -169,10 +172,10 @@ export async function buildSlots(runDir: string, synapse: { url: string; serverN
       while (usedPorts.has(port)) port = await freePort();
       usedPorts.add(port);
       const registrationPath = join(dir, "registration.yaml");
-      const synapseRegistrationPath = join(dir, "synapse-registration.yaml");
+      const homeserverRegistrationPath = join(dir, "homeserver-registration.yaml");
       const agentNames = spec.agentNames(k);
       const config = configSchema.parse({
-        homeserver: { url: synapse.url, domain: synapse.serverName },
+        homeserver: { url: hs.url, domain: hs.serverName },
         appservice: {
           id: spec.id(k),
           port,
@@ -184,14 +187,14 @@ export async function buildSlots(runDir: string, synapse: { url: string; serverN
       });
       const asToken = newToken();
       const hsToken = newToken();
-      const synapseHsToken = spec.mismatchedHsToken ? newToken() : hsToken;
+      const homeserverHsToken = spec.mismatchedHsToken ? newToken() : hsToken;
       const header = `# e2e slot ${name}: generated by test/harness/slots.ts\n`;
       const serviceCopy = header + YAML.stringify(buildRegistration(config, { asToken, hsToken }, agentNames));
       writeSecret(registrationPath, serviceCopy);
       writeSecret(pristinePath(dir), serviceCopy);
       writeSecret(
-        synapseRegistrationPath,
-        header + YAML.stringify(buildRegistration(config, { asToken, hsToken: synapseHsToken }, agentNames)),
+        homeserverRegistrationPath,
+        header + YAML.stringify(buildRegistration(config, { asToken, hsToken: homeserverHsToken }, agentNames)),
       );
       slots.push({
         name,
@@ -202,15 +205,15 @@ export async function buildSlots(runDir: string, synapse: { url: string; serverN
         agentTemplate: config.agents.localpart,
         agentNames,
         registrationPath,
-        synapseRegistrationPath,
+        homeserverRegistrationPath,
         asToken,
         hsToken,
-        synapseHsToken,
+        homeserverHsToken,
         preexistingAccounts: [],
       });
     }
   }
-  checkNoOverlap(slots, synapse.serverName);
+  checkNoOverlap(slots, hs.serverName);
   for (const slot of slots) saveSlot(runDir, slot);
   return slots;
 }
@@ -246,20 +249,20 @@ export function listSlots(runDir: string): Slot[] {
 }
 
 /**
- * Stops the Synapse of every earlier run whose jest process (the PID in the run directory's name)
+ * Stops the homeserver of every earlier run whose jest process (the PID in the run directory's name)
  * is gone, e.g. after an interrupted run. Concurrent runs are left alone.
  */
-export async function stopOrphanedSynapses(exceptRunDir?: string): Promise<void> {
+export async function stopOrphanedHomeservers(exceptRunDir?: string): Promise<void> {
   if (!existsSync(RUNS_ROOT)) return;
   for (const name of readdirSync(RUNS_ROOT)) {
     const dir = join(RUNS_ROOT, name);
     const owner = Number.parseInt(name.slice(name.lastIndexOf("-") + 1), 10);
     if (dir === exceptRunDir || !Number.isInteger(owner) || processAlive(owner)) continue;
-    await stopSynapseByPidFile(join(dir, "synapse"));
+    await stopHomeserverByPidFile(join(dir, "homeserver"));
   }
 }
 
-/** The run directory and its Synapse, as written by global setup. */
+/** The run directory and its homeserver, as written by global setup. */
 export function e2eEnv(): E2eEnv {
   let runDir = process.env[RUN_DIR_ENV];
   if (!runDir) {
@@ -268,12 +271,11 @@ export function e2eEnv(): E2eEnv {
     } catch {
       throw new Error(
         `no e2e run: ${RUN_DIR_ENV} is unset and ${CURRENT_RUN_FILE} is missing ` +
-          "(run e2e tests with `npx jest --selectProjects e2e`, whose global setup starts Synapse)",
+          "(run e2e tests with `npx jest --selectProjects e2e`, whose global setup starts the homeserver)",
       );
     }
   }
-  const synapse = JSON.parse(readFileSync(join(runDir, "synapse.json"), "utf8")) as E2eEnv["synapse"];
-  return { runDir, synapse };
+  return { runDir, homeserver: readAccess(join(runDir, "homeserver.json")) };
 }
 
 const held = new Set<string>();
@@ -323,7 +325,7 @@ function tryLock(lockPath: string): boolean {
 /**
  * Takes a free slot of `kind` (O_EXCL lock file), waiting up to `timeoutMs` (default 120 s) for one.
  * The service's registration copy is reset to the generated one, so a test may rewrite it.
- * Synapse-side state (users, rooms) left by earlier holders of the slot remains.
+ * Homeserver-side state (users, rooms) left by earlier holders of the slot remains.
  */
 export async function acquireSlot(kind: SlotKind, opts: { timeoutMs?: number } = {}): Promise<AcquiredSlot> {
   const { runDir } = e2eEnv();
@@ -371,7 +373,7 @@ export function deepMerge(base: Record<string, unknown>, over: Record<string, un
 }
 
 /**
- * A parsed Config for a hive-matrix instance on `slot`: the run's Synapse, the slot's appservice
+ * A parsed Config for a hive-matrix instance on `slot`: the run's homeserver, the slot's appservice
  * identity and registration, fresh state dirs (stateDir 0700 and agents.stateRoot, both created)
  * under `<runDir>/tmp`, no operators, `restartCommand: ["true"]`, unique Space and hive-chat aliases, log level warn.
  * `overrides` is deep-merged onto that raw input before parsing.
@@ -380,7 +382,7 @@ export function makeTestConfig(
   slot: Pick<Slot, "name" | "id" | "port" | "botLocalpart" | "registrationPath" | "agentTemplate">,
   overrides: ConfigOverrides = {},
 ): Config {
-  const { runDir, synapse } = e2eEnv();
+  const { runDir, homeserver } = e2eEnv();
   const tmpRoot = join(runDir, "tmp");
   mkdirSync(tmpRoot, { recursive: true });
   const dir = mkdtempSync(join(tmpRoot, `${slot.name}-${randomBytes(2).toString("hex")}-`));
@@ -390,7 +392,7 @@ export function makeTestConfig(
   mkdirSync(stateRoot, { mode: 0o700 });
   const unique = randomBytes(3).toString("hex");
   const raw: Record<string, unknown> = {
-    homeserver: { url: synapse.url, domain: synapse.serverName },
+    homeserver: { url: homeserver.url, domain: homeserver.serverName },
     appservice: {
       id: slot.id,
       bind: "127.0.0.1",
@@ -402,7 +404,7 @@ export function makeTestConfig(
     stateDir,
     operators: [],
     agents: { stateRoot, localpart: slot.agentTemplate, restartCommand: ["true"] },
-    // Aliases are global on the shared Synapse: each instance gets its own, or they would fight over one.
+    // Aliases are global on the shared homeserver: each instance gets its own, or they would fight over one.
     rooms: { chat: { alias: `hive-chat-${slot.name}-${unique}` }, space: { alias: `hive-${slot.name}-${unique}` } },
     logging: { level: "warn" },
   };

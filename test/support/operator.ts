@@ -1,6 +1,6 @@
-/** A real Matrix user talking to the run's Synapse through the client-server API, as an operator's client would. */
+/** A real Matrix user talking to the run's homeserver through the client-server API, as an operator's client would. */
 import { e2eEnv } from "../harness/slots";
-import type { RegisteredUser } from "../../dev/synapse";
+import type { RegisteredUser } from "../../dev/server-process";
 
 export interface RoomEvent {
   type: string;
@@ -19,7 +19,7 @@ export async function request(
   method: string,
   path: string,
   body?: unknown,
-  homeserverUrl = e2eEnv().synapse.url,
+  homeserverUrl = e2eEnv().homeserver.url,
 ): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(`${homeserverUrl}${path}`, {
     method,
@@ -31,7 +31,13 @@ export async function request(
 }
 
 /** A client-server request with the user's token; a non-2xx answer throws with the body. */
-export async function cs<T>(token: string, method: string, path: string, body?: unknown, homeserverUrl = e2eEnv().synapse.url): Promise<T> {
+export async function cs<T>(
+  token: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  homeserverUrl = e2eEnv().homeserver.url,
+): Promise<T> {
   const res = await fetch(`${homeserverUrl}/_matrix/client/v3${path}`, {
     method,
     headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },

@@ -1,6 +1,6 @@
 /**
  * A TCP proxy in front of the homeserver that a test can take down and bring back, to play a
- * homeserver that is unreachable at startup or goes away mid-work, without touching the shared Synapse.
+ * homeserver that is unreachable at startup or goes away mid-work, without touching the shared homeserver.
  */
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 

@@ -9,7 +9,7 @@ import { buildRegistration, newToken, type Registration } from "../../src/regist
 import { HiveMatrixService } from "../../src/service";
 import type { MatrixEvent } from "../../src/store/transactions";
 import { FakeHomeserver, type Flavour } from "../support/fake-homeserver";
-import { freePort } from "../../dev/synapse";
+import { freePort } from "../../dev/server-process";
 import { captureLogs } from "../support/logs";
 import { startRecordedService } from "../support/service";
 import { tempDir } from "../support/tmp";

@@ -15,7 +15,7 @@ import { Metrics } from "../../src/metrics";
 import { RoomFiles } from "../../src/rooms/room-files";
 import { RoomsReconciler } from "../../src/rooms/reconciler";
 import { StateError, StateStore } from "../../src/store/state-store";
-import { freePort } from "../../dev/synapse";
+import { freePort } from "../../dev/server-process";
 import { captureLogs } from "../support/logs";
 import { tempDir } from "../support/tmp";
 

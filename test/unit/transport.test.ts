@@ -4,7 +4,7 @@ import { MatrixError } from "matrix-bot-sdk";
 import { createLogger } from "../../src/logging";
 import { Metrics } from "../../src/metrics";
 import { HomeserverTransport, HomeserverUnreachableError, OutsideNamespaceError, routeTemplate } from "../../src/matrix/transport";
-import { freePort } from "../../dev/synapse";
+import { freePort } from "../../dev/server-process";
 
 /** A server that answers each request with the next scripted status. */
 async function scripted(
