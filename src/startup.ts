@@ -76,28 +76,35 @@ export async function pingFromHomeserver(transport: HomeserverTransport, appserv
         case "M_CONNECTION_TIMEOUT":
           return { ok: false, errcode: err.errcode, cause: `the homeserver timed out reaching appservice.url ${appserviceUrl}` };
         case "M_BAD_STATUS":
-          if (body.status === 401 || body.status === 403) {
-            return {
-              ok: false,
-              errcode: err.errcode,
-              cause: `the appservice refused the homeserver's hs_token (HTTP ${body.status}): the homeserver's copy of the registration has a different hs_token; reload the registration on the homeserver`,
-            };
-          }
-          return {
-            ok: false,
-            errcode: err.errcode,
-            cause: `the appservice answered the homeserver's ping with HTTP ${body.status ?? "?"}`,
-          };
+          return badStatus(err.errcode, body.status);
         case "M_FORBIDDEN":
           return {
             ok: false,
             errcode: err.errcode,
             cause: `the homeserver does not know appservice id "${appserviceId}": appservice.id must equal the id in the loaded registration`,
           };
-        default:
+        default: {
+          // tuwunel has no M_BAD_STATUS: it answers M_UNKNOWN, naming the appservice's status in the message.
+          const status = TUWUNEL_BAD_STATUS.exec(err.error ?? "")?.[1];
+          if (status !== undefined) return badStatus(err.errcode, Number(status));
           return { ok: false, errcode: err.errcode, cause: err.error ?? err.message };
+        }
       }
     }
     return { ok: false, errcode: "NETWORK", cause: errorFields(err).err };
   }
+}
+
+const TUWUNEL_BAD_STATUS = /returned unsuccessful HTTP response (\d{3})\b/;
+
+/** The appservice answered the homeserver's ping with a non-2xx status. */
+function badStatus(errcode: string, status: number | undefined): PingResult {
+  if (status === 401 || status === 403) {
+    return {
+      ok: false,
+      errcode,
+      cause: `the appservice refused the homeserver's hs_token (HTTP ${status}): the homeserver's copy of the registration has a different hs_token; reload the registration on the homeserver`,
+    };
+  }
+  return { ok: false, errcode, cause: `the appservice answered the homeserver's ping with HTTP ${status ?? "?"}` };
 }

@@ -104,6 +104,11 @@ export class FakeHomeserver {
         body: JSON.stringify({ transaction_id: (rec.body as { transaction_id?: string }).transaction_id }),
       }).catch(() => undefined);
       if (!r) return send(502, { errcode: "M_CONNECTION_FAILED", error: "failed" });
+      if (!r.ok && this.options.flavour === "tuwunel") {
+        // tuwunel 1.4 has no M_BAD_STATUS: its generic error names the status in the message.
+        const error = `Appservice "${ping[1]}" returned unsuccessful HTTP response ${r.status} ${r.statusText} at ${this.options.appserviceUrl}`;
+        return send(500, { errcode: "M_UNKNOWN", error });
+      }
       if (!r.ok) return send(502, { errcode: "M_BAD_STATUS", error: "bad status", status: r.status, body: await r.text() });
       return send(200, { duration_ms: Date.now() - started });
     }
