@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
-import { spawnService, waitReady } from "../support/child";
+import { spawnService, waitReady, type ServiceProcess } from "../support/child";
 import { registerUser } from "../../dev/homeserver";
 import { cs, repliesTo, say, timeline, type RoomEvent } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
@@ -24,6 +24,26 @@ async function whoami(token: string): Promise<number> {
 async function deviceCount(token: string): Promise<number> {
   const res = await fetch(`${env.homeserver.url}/_matrix/client/v3/devices`, { headers: { Authorization: `Bearer ${token}` } });
   return ((await res.json()) as { devices: unknown[] }).devices.length;
+}
+
+/** Resolves as soon as the process writes a line that `match`es (checked on every chunk, not polled). */
+function logged(child: ServiceProcess, match: (line: string) => boolean, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const streams = [child.proc.stdout, child.proc.stderr];
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      for (const s of streams) s?.off("data", check);
+      if (err) reject(err);
+      else resolve();
+    };
+    // Registered after spawnService's own listener, so `lines` already holds the chunk.
+    const check = (): void => {
+      if (child.lines.some(match)) done();
+    };
+    const timer = setTimeout(() => done(new Error(`no matching log line within ${timeoutMs} ms`)), timeoutMs);
+    for (const s of streams) s?.on("data", check);
+    check();
+  });
 }
 
 describe("hive-matrix as a process", () => {
@@ -92,9 +112,17 @@ describe("hive-matrix as a process", () => {
     const roomId = readFileSync(join(config.stateDir, "control-room-id"), "utf8").trim();
     await cs(operator.accessToken, "POST", `/join/${encodeURIComponent(roomId)}`, {});
     for (let round = 0; round < 4; round++) {
-      commands.push(await say(operator, roomId, "!hive sync"));
-      // Somewhere between delivery, the inbox write, the command's record and its reply.
-      await new Promise((r) => setTimeout(r, round * 40));
+      const eventId = await say(operator, roomId, "!hive sync");
+      commands.push(eventId);
+      if (round < 2) {
+        // Somewhere between delivery, the inbox write, the command's record and its reply.
+        await new Promise((r) => setTimeout(r, round * 40));
+      } else {
+        // Once the command runs. A homeserver that delivers later than the fixed delays above
+        // (tuwunel) would otherwise have every kill land before the delivery.
+        await logged(child, (l) => l.includes(eventId) && l.includes("running a control-room command"), 30_000);
+        await new Promise((r) => setTimeout(r, (round - 2) * 20));
+      }
       child.proc.kill("SIGKILL");
       await child.exited;
       child = spawnService(config, dir);
