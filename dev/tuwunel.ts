@@ -69,6 +69,9 @@ interface TuwunelInfo {
   registrationToken: string;
   /** The server admin (the first user registered), created by the launcher. */
   admin: RegisteredUser;
+  /** Re-read on every (re)start, as Synapse re-reads its `app_service_config_files`. */
+  appserviceConfigFiles: string[];
+  extraConfig: Record<string, TomlValue>;
 }
 
 export interface RunningTuwunel extends TuwunelInfo {
@@ -189,10 +192,9 @@ function writeInfo(info: TuwunelInfo): void {
 }
 
 function writeTuwunelConfig(
-  opts: { baseDir: string; serverName: string; port: number; appserviceConfigFiles: string[]; extraConfig: Record<string, TomlValue> },
-  version: string,
-  registrationToken: string,
+  opts: Pick<TuwunelInfo, "baseDir" | "serverName" | "port" | "appserviceConfigFiles" | "extraConfig" | "version" | "registrationToken">,
 ): void {
+  const { version, registrationToken } = opts;
   const p = paths(opts.baseDir);
   const global: Record<string, TomlValue> = {
     server_name: opts.serverName,
@@ -207,7 +209,6 @@ function writeTuwunelConfig(
     grant_admin_to_first_user: true,
     new_user_displayname_suffix: "",
     allow_check_for_updates: false,
-    startup_netburst: false,
     url_preview_domain_explicit_allowlist: [],
     log: "info",
     log_colors: false,
@@ -284,6 +285,8 @@ function handle(info: TuwunelInfo, pid: number): RunningTuwunel {
     stop: () => stopTuwunelByPidFile(info.baseDir),
     restart: async () => {
       await stopTuwunelByPidFile(info.baseDir);
+      // A registration file changed since the last start takes effect now, as on Synapse.
+      writeTuwunelConfig(info);
       running.pid = await launch(info.bin, info.baseDir, info.url);
     },
   };
@@ -309,17 +312,9 @@ export async function startTuwunel(opts: TuwunelOptions): Promise<RunningTuwunel
   const port = opts.port ?? (await freePort());
   const url = `http://127.0.0.1:${port}`;
   const registrationToken = previous?.registrationToken ?? randomBytes(24).toString("hex");
-  writeTuwunelConfig(
-    {
-      baseDir,
-      serverName,
-      port,
-      appserviceConfigFiles: opts.appserviceConfigFiles.map((f) => resolve(f)),
-      extraConfig: opts.extraConfig ?? {},
-    },
-    version,
-    registrationToken,
-  );
+  const appserviceConfigFiles = opts.appserviceConfigFiles.map((f) => resolve(f));
+  const extraConfig = opts.extraConfig ?? {};
+  writeTuwunelConfig({ baseDir, serverName, port, appserviceConfigFiles, extraConfig, version, registrationToken });
   const pid = await launch(bin, baseDir, url);
   let admin = previous?.admin;
   if (admin === undefined) {
@@ -330,7 +325,7 @@ export async function startTuwunel(opts: TuwunelOptions): Promise<RunningTuwunel
       throw err;
     }
   }
-  const info: TuwunelInfo = { url, serverName, port, baseDir, bin, version, registrationToken, admin };
+  const info: TuwunelInfo = { url, serverName, port, baseDir, bin, version, registrationToken, admin, appserviceConfigFiles, extraConfig };
   writeInfo(info);
   return handle(info, pid);
 }

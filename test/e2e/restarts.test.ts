@@ -18,6 +18,7 @@ import { writeRegistration, type Registration } from "../../src/registration";
 import { e2eEnv, makeTestConfig } from "../harness/slots";
 import { registerUser, startHomeserver, type RunningHomeserver } from "../../dev/homeserver";
 import { freePort } from "../../dev/server-process";
+import { itSynapseOnly, onTuwunel } from "../support/homeserver";
 import { cs, repliesTo, say, type ClientUser } from "../support/operator";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually } from "../support/wait";
@@ -119,17 +120,21 @@ describe("restarts of hive-matrix and of the homeserver", () => {
     for (let i = 0; i < 3; i++) expect(await ask("!hive version")).toMatch(/hive-matrix/);
   });
 
-  it("Synapse restarts with an empty queue and numbers its transactions from 1 again: commands are still answered", async () => {
-    await quiet();
-    expect(await metric("reused_id")).toBe(0);
-    await synapse.restart();
-    expect(await ask("!hive version")).toMatch(/hive-matrix/);
-    // The bug's trigger really happened: transaction IDs the journal had seen came again, with other events.
-    expect(await metric("reused_id")).toBeGreaterThan(0);
-    const warnings = run!.logs.filter((l) => l.includes("transaction ID seen before with other events"));
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatch(/"level":40.*homeserver restarted and numbered its transactions anew/);
-  });
+  itSynapseOnly(
+    "tuwunel's transaction numbering keeps rising across restarts",
+    "Synapse restarts with an empty queue and numbers its transactions from 1 again: commands are still answered",
+    async () => {
+      await quiet();
+      expect(await metric("reused_id")).toBe(0);
+      await synapse.restart();
+      expect(await ask("!hive version")).toMatch(/hive-matrix/);
+      // The bug's trigger really happened: transaction IDs the journal had seen came again, with other events.
+      expect(await metric("reused_id")).toBeGreaterThan(0);
+      const warnings = run!.logs.filter((l) => l.includes("transaction ID seen before with other events"));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(/"level":40.*homeserver restarted and numbered its transactions anew/);
+    },
+  );
 
   it("hive-matrix restarts alone", async () => {
     await stopHiveMatrix();
@@ -159,6 +164,13 @@ describe("restarts of hive-matrix and of the homeserver", () => {
     commands.push(queued);
     await sleep(1000);
     await startHiveMatrix();
+    if (onTuwunel) {
+      // tuwunel retries a failed appservice only when the next event for it comes (Synapse retries
+      // on a timer): a second command is that event, and both are answered.
+      const next = await say(operator, controlRoom, "!hive version");
+      commands.push(next);
+      expect(await answer(next)).toMatch(/hive-matrix/);
+    }
     expect(await answer(queued)).toMatch(/hive-matrix/);
   });
 
