@@ -45,6 +45,9 @@ export interface ServiceOptions {
   controlRoom?: boolean;
 }
 
+/** The bot's state event at each start, which makes the homeserver send what it queued (see nudgeHomeserver). */
+export const STARTED_EVENT_TYPE = "org.hyperhive.hive_matrix.started";
+
 export class HiveMatrixService extends EventEmitter {
   readonly config: Config;
   readonly liveRegistration: LiveRegistration;
@@ -265,6 +268,28 @@ export class HiveMatrixService extends EventEmitter {
     this.metrics.ready.set(1);
     log.info({ version: VERSION, botUserId: this.botUserId }, "hive-matrix is ready");
     this.emit("ready");
+    void this.nudgeHomeserver();
+  }
+
+  /**
+   * Makes the homeserver deliver what it queued for us while we were away. Neither server does so
+   * on its own at once: tuwunel 1.4 resends a failed appservice's queue only with the next event for
+   * it, and Synapse starts its sender (and the retries of its queue) at the first new event after
+   * its own start; until then an operator's command sent during the restart would wait unanswered.
+   * The bot's own state event in the control room (or hive-chat) is such an event, and clients do
+   * not show it.
+   */
+  private async nudgeHomeserver(): Promise<void> {
+    const roomId = this.control.roomId ?? this.rooms.chatId;
+    if (roomId === undefined) return;
+    try {
+      await this.bot.sendStateEvent(roomId, STARTED_EVENT_TYPE, "", { version: VERSION, started_at: Date.now() });
+    } catch (err) {
+      this.logger.warn(
+        { roomId, ...errorFields(err) },
+        "could not send the start marker; events the homeserver queued while hive-matrix was down may wait for the next event",
+      );
+    }
   }
 
   /** Stops accepting requests, lets queued events finish, and closes the state files. */
