@@ -17,12 +17,12 @@ import { finishMachineInfo, machineInfo } from "./lib/machine";
 import { judge, machineLine, markdownTable, writeResults, type RunResult, type ScenarioResult } from "./lib/report";
 import { startBenchSynapse, type BenchSynapse } from "./lib/synapse";
 import { command } from "./scenarios/command";
+import { fleet } from "./scenarios/fleet";
 import { ingest } from "./scenarios/ingest";
-import { memory } from "./scenarios/memory";
 import { onboarding } from "./scenarios/onboarding";
 import { reconcile } from "./scenarios/reconcile";
 
-const SCENARIOS: readonly Scenario[] = [ingest, onboarding, reconcile, memory, command];
+const SCENARIOS: readonly Scenario[] = [ingest, onboarding, reconcile, fleet, command];
 const RESULTS_DIR = join(REPO_ROOT, "bench", "results");
 const RUNS_ROOT = join(REPO_ROOT, ".cache", "bench");
 const KEEP_RUNS = 5;
@@ -31,7 +31,7 @@ const USAGE = `usage: npm run bench -- [--quick] [--only <scenario>[,<scenario>.
 
   --quick        a small smoke run (well under 2 minutes): fewer agents, shorter load phases
   --only LIST    run only these scenarios: ${SCENARIO_NAMES.join(", ")}
-  --agents N     agents onboarded by the onboarding scenario (default 100; 10 with --quick)
+  --agents N     agents onboarded by the onboarding and fleet scenarios (default 100 and 1000; 10 and 100 with --quick)
   --node-args F  extra node flags for the hive-matrix processes only (e.g. "--max-semi-space-size=4"),
                  to measure a proposed fix against the same baselines
   --profile      children write V8 CPU profiles into the run dir; the top functions go into the
@@ -83,7 +83,15 @@ export function parseArgs(argv: readonly string[]): BenchOptions | "help" {
       agents = n;
     } else throw new UsageError(`unknown argument ${JSON.stringify(arg)}`);
   }
-  return { quick, only, agents: agents ?? (quick ? 10 : 100), agentsGiven: agents !== undefined, profile, hiveNodeArgs };
+  return {
+    quick,
+    only,
+    agents: agents ?? (quick ? 10 : 100),
+    fleet: agents ?? (quick ? 100 : 1000),
+    agentsGiven: agents !== undefined,
+    profile,
+    hiveNodeArgs,
+  };
 }
 
 export function repeatCommand(name: ScenarioName, options: BenchOptions): string {
@@ -216,7 +224,14 @@ async function main(): Promise<number> {
     finishedAt: new Date().toISOString(),
     durationMs: Math.round(Number(process.hrtime.bigint() - t0) / 1e6),
     argv: process.argv.slice(2),
-    options: { quick: opts.quick, only: opts.only, agents: opts.agents, profile: opts.profile, hiveNodeArgs: opts.hiveNodeArgs },
+    options: {
+      quick: opts.quick,
+      only: opts.only,
+      agents: opts.agents,
+      fleet: opts.fleet,
+      profile: opts.profile,
+      hiveNodeArgs: opts.hiveNodeArgs,
+    },
     runDir,
     machine: finishMachineInfo(machine),
     scenarios: results,

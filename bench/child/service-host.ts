@@ -71,7 +71,30 @@ async function waitAgents(service: HiveMatrixService, request: Extract<HostReque
       if (settled && !timedOut) await service.agents.idle();
       return { states, done, failed, reasons, timedOut: timedOut && !settled };
     }
-    await sleep(10);
+    // Every poll costs the service CPU that the onboarding is charged with: poll less often for large fleets.
+    await sleep(Math.min(100, 10 + request.names.length / 10));
+  }
+}
+
+/** Total requests the service has made to the homeserver so far. */
+async function requestTotal(service: HiveMatrixService): Promise<number> {
+  return (await service.metrics.homeserverRequests.get()).values.reduce((sum, v) => sum + v.value, 0);
+}
+
+async function quiet(service: HiveMatrixService, request: Extract<HostRequest, { op: "quiet" }>): Promise<HostReplies["quiet"]> {
+  const deadline = Date.now() + request.timeoutMs;
+  let lastActivity = performance.now();
+  let lastTotal = await requestTotal(service);
+  for (;;) {
+    await sleep(25);
+    const total = await requestTotal(service);
+    const queued = (await service.metrics.eventQueue.get()).values[0]?.value ?? 0;
+    const agentsIdle = await Promise.race([service.agents.idle().then(() => true), sleep(0).then(() => false)]);
+    const busy = total !== lastTotal || queued > 0 || service.roomsLoop.running || !agentsIdle;
+    lastTotal = total;
+    if (busy) lastActivity = performance.now();
+    else if (performance.now() - lastActivity >= request.quietMs) return { quietForMs: performance.now() - lastActivity, timedOut: false };
+    if (Date.now() > deadline) return { quietForMs: performance.now() - lastActivity, timedOut: true };
   }
 }
 
@@ -154,6 +177,8 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
       await service.events.idle();
       return { queued, ms: Number(process.hrtime.bigint() - started) / 1e6 };
     }
+    case "quiet":
+      return quiet(service, request);
     case "stop":
       await service.stop();
       return { ok: true };

@@ -5,7 +5,7 @@ import { startHive, type HiveKind, type RunningHive } from "./hive";
 import type { MetricRow, ScenarioStatus } from "./report";
 import type { BenchSynapse } from "./synapse";
 
-export const SCENARIO_NAMES = ["ingest", "onboarding", "reconcile", "memory", "command"] as const;
+export const SCENARIO_NAMES = ["ingest", "onboarding", "reconcile", "fleet", "command"] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 
 export interface BenchOptions {
@@ -13,6 +13,8 @@ export interface BenchOptions {
   only: ScenarioName[];
   /** Agents onboarded by the onboarding scenario (100; 10 with --quick; --agents N). */
   agents: number;
+  /** Agents of the fleet scenario (1,000; 100 with --quick; --agents N). */
+  fleet: number;
   /** Whether --agents was given (it is then part of every repeat command). */
   agentsGiven: boolean;
   /** --profile: children write V8 CPU profiles, summarised in the results. */

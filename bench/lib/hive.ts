@@ -11,7 +11,7 @@ import { writeRegistration, type Registration } from "../../src/registration";
 import { freePort } from "../../dev/server-process";
 import { ChildHost } from "./host";
 
-export type HiveKind = "main" | "ingest" | "memory" | "memory-defaults";
+export type HiveKind = "main" | "ingest" | "fleet" | "fleet-defaults";
 
 interface HiveIdentity {
   id: string;
@@ -27,13 +27,13 @@ interface HiveIdentity {
 const IDENTITIES: Record<HiveKind, HiveIdentity> = {
   main: { id: "hm-main", botLocalpart: "hive", template: "agent-{name}", alias: "hive-chat", spaceAlias: "hive" },
   ingest: { id: "hm-ingest", botLocalpart: "hive-ingest", template: "ingest-{name}", alias: "hive-chat-ingest", spaceAlias: "hive-ingest" },
-  memory: { id: "hm-memory", botLocalpart: "hive-memory", template: "mem-{name}", alias: "hive-chat-memory", spaceAlias: "hive-memory" },
-  "memory-defaults": {
-    id: "hm-memory-defaults",
-    botLocalpart: "hive-memdef",
-    template: "memd-{name}",
-    alias: "hive-chat-memdef",
-    spaceAlias: "hive-memdef",
+  fleet: { id: "hm-fleet", botLocalpart: "hive-fleet", template: "fleet-{name}", alias: "hive-chat-fleet", spaceAlias: "hive-fleet" },
+  "fleet-defaults": {
+    id: "hm-fleet-defaults",
+    botLocalpart: "hive-fleetdef",
+    template: "fleetd-{name}",
+    alias: "hive-chat-fleetdef",
+    spaceAlias: "hive-fleetdef",
   },
 };
 
@@ -45,6 +45,8 @@ export interface HiveSpec {
   registration: Registration;
   /** Where agents' state dirs go. */
   stateRoot: string;
+  /** One line per invocation of the restart command (agent name), so a scenario can count daemon restarts. */
+  restartLog: string;
 }
 
 /** Writes config and registration of one instance (nothing runs yet). */
@@ -59,6 +61,7 @@ export async function prepareHive(
   const stateRoot = join(dir, "agents");
   mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
   const port = await freePort();
+  const restartLog = join(dir, "restarts.log");
   const raw: ConfigInput = {
     homeserver: { url: homeserver.url, domain: homeserver.serverName, startupWaitSeconds: 120 },
     appservice: {
@@ -71,7 +74,13 @@ export async function prepareHive(
     },
     stateDir: join(dir, "state"),
     operators,
-    agents: { stateRoot, localpart: identity.template, restartCommand: ["true"] },
+    // argv, no shell for hive-matrix: the agent name reaches sh as $1, never as code. `true` for the
+    // main instance, whose onboarding is compared with the older flow running the same command.
+    agents: {
+      stateRoot,
+      localpart: identity.template,
+      restartCommand: kind === "main" ? ["true"] : ["sh", "-c", 'echo "$1" >> "$0"', restartLog, "{name}"],
+    },
     // The bench triggers reconciles itself; a periodic one must not land inside a measurement.
     rooms: { chat: { alias: identity.alias }, space: { alias: identity.spaceAlias }, reconcileIntervalSeconds: 0 },
     logging: { level: "info" },
@@ -80,7 +89,7 @@ export async function prepareHive(
   writeFileSync(configPath, `${JSON.stringify(raw, null, 2)}\n`, { mode: 0o600 });
   const config = parseConfig(raw, configPath);
   const { registration } = writeRegistration(config, config.appservice.registration);
-  return { kind, dir, configPath, config, registration, stateRoot };
+  return { kind, dir, configPath, config, registration, stateRoot, restartLog };
 }
 
 export class RunningHive {

@@ -7,7 +7,7 @@
 import type { BenchContext, OnboardedHive } from "./context";
 import type { RunningHive } from "./hive";
 import type { AgentGoal, AgentWait, RequestSnapshot } from "./protocol";
-import { cpuMs } from "./proc";
+import { cpuMs, cpuSplitMs, threadCpuMs } from "./proc";
 import { diffRequests, type RequestDiff } from "./requests";
 import { elapsedMs, now } from "./stats";
 
@@ -16,6 +16,10 @@ export interface Phase {
   endMs: number;
   requests: RequestDiff;
   cpuMs: { service: number; synapse: number };
+  /** The service's CPU split into user and system time. */
+  serviceSplitMs: { user: number; system: number };
+  /** The service's CPU by thread ("main", "libuv-worker", V8's helpers), of threads alive at both ends. */
+  serviceThreadsMs: Record<string, number>;
 }
 
 export interface OnboardMeasurement {
@@ -33,7 +37,8 @@ export interface OnboardMeasurement {
 
 interface Snapshot {
   requests: RequestSnapshot;
-  service: number;
+  service: { user: number; system: number };
+  threads: Record<string, number>;
   synapse: number;
 }
 
@@ -53,13 +58,19 @@ export async function onboardAgents(hive: RunningHive, names: string[], synapseP
   await settle(hive);
   const snapshot = async (): Promise<Snapshot> => ({
     requests: await hive.host.call({ op: "requests" }),
-    service: cpuMs(hive.host.pid),
+    service: cpuSplitMs(hive.host.pid),
+    threads: threadCpuMs(hive.host.pid),
     synapse: cpuMs(synapsePid),
   });
   const phase = (from: Snapshot, to: Snapshot, endMs: number): Phase => ({
     endMs,
     requests: diffRequests(from.requests, to.requests),
-    cpuMs: { service: to.service - from.service, synapse: to.synapse - from.synapse },
+    cpuMs: {
+      service: to.service.user + to.service.system - from.service.user - from.service.system,
+      synapse: to.synapse - from.synapse,
+    },
+    serviceSplitMs: { user: to.service.user - from.service.user, system: to.service.system - from.service.system },
+    serviceThreadsMs: Object.fromEntries(Object.entries(to.threads).map(([name, ms]) => [name, ms - (from.threads[name] ?? 0)])),
   });
 
   const s0 = await snapshot();

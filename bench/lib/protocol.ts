@@ -21,6 +21,11 @@ export type HostRequest =
   | { op: "describe" }
   /** Waits until every acknowledged transaction has been handled by the event queue. */
   | { op: "drain" }
+  /**
+   * Waits until the service has been quiet for `quietMs`: no agent converging, no reconcile running,
+   * no event queued, and no request to the homeserver.
+   */
+  | { op: "quiet"; quietMs: number; timeoutMs: number }
   | { op: "stop" };
 
 export type HostOp = HostRequest["op"];
@@ -90,6 +95,8 @@ export interface HostReplies {
   describe: { text: string };
   /** Transactions still queued when asked, and how long handling them took. */
   drain: { queued: number; ms: number };
+  /** `quietForMs`: how long before the answer the service was last seen busy; `timedOut`: never quiet for long enough. */
+  quiet: { quietForMs: number; timedOut: boolean };
   stop: { ok: true };
 }
 

@@ -50,7 +50,7 @@ export interface RunResult {
   durationMs: number;
   /** The command-line arguments of the run. */
   argv: string[];
-  options: { quick: boolean; only: string[]; agents: number; profile: boolean; hiveNodeArgs: string[] };
+  options: { quick: boolean; only: string[]; agents: number; fleet: number; profile: boolean; hiveNodeArgs: string[] };
   runDir: string;
   machine: MachineInfo;
   scenarios: ScenarioResult[];

@@ -466,9 +466,9 @@ describe("nix/", () => {
 });
 
 describe("the deployed node flags", () => {
-  it("are the ones the memory benchmark measures as deployed", () => {
+  it("are the ones the fleet benchmark measures as deployed", () => {
     const root = join(__dirname, "..", "..");
-    const bench = readFileSync(join(root, "bench", "scenarios", "memory.ts"), "utf8");
+    const bench = readFileSync(join(root, "bench", "scenarios", "fleet.ts"), "utf8");
     const flags = JSON.parse(/DEPLOYED_FLAGS = (\[[^\]]*\])/.exec(bench)?.[1] ?? "null") as string[];
     const module = readFileSync(join(root, "nix", "module.nix"), "utf8");
     expect(/NODE_OPTIONS = "([^"]*)";/.exec(module)?.[1]).toBe(flags.join(" "));
