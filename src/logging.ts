@@ -23,20 +23,54 @@ const SECRET_KEYS = [
   "Authorization",
 ];
 
+/** Secrets shorter than this are refused: they would match ordinary words. */
+const MIN_SECRET = 8;
+
+/**
+ * Replaces every registered secret wherever it appears in a line. A hive registers one access
+ * token per agent, so both costs are independent of how many there are: `add` is O(1) (no pattern
+ * to rebuild), and `scrub` looks up the last MIN_SECRET characters ending at each position of the
+ * line in a map, comparing whole secrets only where such a tail matches.
+ */
 export class SecretScrubber {
-  private readonly secrets = new Set<string>();
-  private pattern: RegExp | null = null;
+  /** Secrets by their last MIN_SECRET characters (random in every token format we meet). */
+  private readonly byTail = new Map<string, string[]>();
 
   /** Remembers a secret so that it is replaced in every later log line. Short values are refused. */
   add(secret: string | undefined | null): void {
-    if (!secret || secret.length < 8 || this.secrets.has(secret)) return;
-    this.secrets.add(secret);
-    const escaped = [...this.secrets].sort((a, b) => b.length - a.length).map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-    this.pattern = new RegExp(escaped.join("|"), "g");
+    if (!secret || secret.length < MIN_SECRET) return;
+    const tail = secret.slice(-MIN_SECRET);
+    const list = this.byTail.get(tail);
+    if (!list) this.byTail.set(tail, [secret]);
+    else if (!list.includes(secret)) {
+      list.push(secret);
+      // Longest first: a secret that ends another one is replaced whole.
+      list.sort((a, b) => b.length - a.length);
+    }
   }
 
   scrub(line: string): string {
-    return this.pattern ? line.replace(this.pattern, REDACTED) : line;
+    if (this.byTail.size === 0) return line;
+    // Matches as [start, end), found by their end; the longest wins where two overlap.
+    const found: [number, number][] = [];
+    for (let end = MIN_SECRET; end <= line.length; end++) {
+      const candidates = this.byTail.get(line.slice(end - MIN_SECRET, end));
+      if (!candidates) continue;
+      const secret = candidates.find((s) => s.length <= end && line.startsWith(s, end - s.length));
+      if (!secret) continue;
+      const start = end - secret.length;
+      while (found.length > 0 && found[found.length - 1][0] >= start) found.pop();
+      if (found.length > 0 && found[found.length - 1][1] > start) found[found.length - 1][1] = end;
+      else found.push([start, end]);
+    }
+    if (found.length === 0) return line;
+    let out = "";
+    let at = 0;
+    for (const [start, end] of found) {
+      out += line.slice(at, start) + REDACTED;
+      at = end;
+    }
+    return out + line.slice(at);
   }
 }
 
