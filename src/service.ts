@@ -319,6 +319,7 @@ export class HiveMatrixService extends EventEmitter {
     }
     this.refusals?.flush();
     await this.transactions.flushAndClose();
+    this.transport.close();
     this.state.unlock();
     this.logger.info("hive-matrix stopped");
     this.logger.flush();

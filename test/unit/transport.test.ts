@@ -84,6 +84,55 @@ describe("homeserver transport", () => {
     expect(err.message).toBe("homeserver unreachable (ECONNREFUSED)");
   });
 
+  it("keeps connections alive across requests, sends the body and the Retry-After header's delay", async () => {
+    let connections = 0;
+    const bodies: string[] = [];
+    let hits = 0;
+    const server = createServer((req, res) => {
+      let body = "";
+      req.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      req.on("end", () => {
+        bodies.push(body);
+        hits++;
+        if (hits === 1) {
+          res.writeHead(429, { "Content-Type": "application/json", "Retry-After": "2" });
+          res.end(JSON.stringify({ errcode: "M_LIMIT_EXCEEDED", error: "slow down" }));
+        } else {
+          res.writeHead(200, { "Content-Type": "application/json" });
+          res.end(JSON.stringify({ n: hits }));
+        }
+      });
+    });
+    server.on("connection", () => connections++);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const sleeps: number[] = [];
+    const t = transport(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, sleeps);
+    await expect(t.request("PUT", "/x", { body: { text: "é ✓" } })).resolves.toEqual({ n: 2 });
+    for (let i = 0; i < 5; i++) await t.request("GET", "/y");
+    expect(sleeps).toEqual([2000]);
+    expect(bodies.slice(0, 2)).toEqual(['{"text":"é ✓"}', '{"text":"é ✓"}']);
+    expect(connections).toBe(1);
+    t.close();
+    server.close();
+  });
+
+  it("gives up on a request the homeserver does not answer within the timeout", async () => {
+    const server = createServer(() => undefined);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const t = new HomeserverTransport({
+      baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      asToken: "as-token-secret-value",
+      timeoutMs: 100,
+      maxRetries: 0,
+      logger: createLogger({ level: "silent" }).logger,
+      metrics: new Metrics(),
+    });
+    await expect(t.request("POST", "/x", { body: {} })).rejects.toThrow("homeserver unreachable (timeout)");
+    t.close();
+    server.closeAllConnections();
+    server.close();
+  });
+
   it("keeps metric labels bounded by replacing IDs", () => {
     expect(routeTemplate("/_matrix/client/v3/rooms/!abc%3Ahive/state/m.room.name/")).toBe(
       "/_matrix/client/v3/rooms/:id/state/m.room.name/:key",
