@@ -4,6 +4,11 @@
  * The homeserver and the token files are the truth and every run re-derives from them, so a lost
  * progress update costs one extra check, never a duplicate. What cannot be re-derived (an agent
  * added or removed by an operator command, agents known before a removal) is written at once.
+ *
+ * Progress is group-committed: however many records change, the file is rewritten (and synced) at
+ * most once per `debounceMs`, and an update that changes nothing but the timestamp writes nothing,
+ * so a restart that finds every agent as it left it does not rewrite the file at all. The file
+ * holds one agent per line, which keeps it readable and cheap to write for a thousand agents.
  */
 import { z } from "zod";
 import type { StateStore } from "../store/state-store";
@@ -38,8 +43,17 @@ export type AgentRecord = z.infer<typeof recordSchema>;
 const fileSchema = z.object({ version: z.literal(1), agents: z.record(recordSchema) });
 export const AGENTS_FILE = "agents.json";
 
+/** The fields that say something: `updatedAt` alone changing is no change. */
+const COMPARED = ["userId", "state", "reason", "source", "disabled", "leaving", "tokenWrittenAt", "createdAt"] as const;
+
+function sameRecord(a: AgentRecord, b: AgentRecord): boolean {
+  return COMPARED.every((key) => a[key] === b[key]);
+}
+
 export class AgentRecords {
   private readonly records = new Map<string, AgentRecord>();
+  /** Names in order, kept while no name is added: callers list the records far more often than agents appear. */
+  private sorted: string[] | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** Nothing is written before the file was read: an empty map must never overwrite real records. */
   private loaded = false;
@@ -47,13 +61,14 @@ export class AgentRecords {
   constructor(
     private readonly state: StateStore,
     private readonly onError: (err: unknown) => void,
-    private readonly debounceMs = 200,
+    private readonly debounceMs = 1000,
   ) {}
 
   /** Loads the file; a corrupted file is an error naming it (StateError), never a silent reset. */
   load(): void {
     const file = this.state.readJson(AGENTS_FILE, fileSchema);
     this.records.clear();
+    this.sorted = undefined;
     for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
     this.loaded = true;
   }
@@ -62,8 +77,14 @@ export class AgentRecords {
     return this.records.get(name);
   }
 
+  /** Every record, by name. */
   entries(): [string, AgentRecord][] {
-    return [...this.records.entries()].sort(([a], [b]) => a.localeCompare(b));
+    this.sorted ??= [...this.records.keys()].sort((a, b) => a.localeCompare(b));
+    return this.sorted.map((name) => [name, this.records.get(name) as AgentRecord]);
+  }
+
+  get size(): number {
+    return this.records.size;
   }
 
   /** Updates (or creates) a record. `durable` writes now; otherwise the write is coalesced. */
@@ -79,6 +100,11 @@ export class AgentRecords {
       updatedAt: now,
     };
     if (next.state !== "failed") delete next.reason;
+    if (previous && sameRecord(previous, next)) {
+      if (options.durable && this.timer) this.flush();
+      return previous;
+    }
+    if (!previous) this.sorted = undefined;
     this.records.set(name, next);
     if (options.durable) this.flush();
     else this.schedule();
@@ -95,7 +121,8 @@ export class AgentRecords {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (!this.loaded) return;
-    this.state.writeJson(AGENTS_FILE, { version: 1, agents: Object.fromEntries(this.entries()) });
+    const lines = this.entries().map(([name, record]) => `${JSON.stringify(name)}: ${JSON.stringify(record)}`);
+    this.state.writeText(AGENTS_FILE, `{"version": 1, "agents": {\n${lines.join(",\n")}\n}}\n`);
   }
 
   private schedule(): void {
