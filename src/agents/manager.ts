@@ -116,8 +116,8 @@ export class AgentManager extends EventEmitter {
   start(): void {
     if (!this.loaded) this.load();
     this.scan();
-    for (const [name] of this.records.entries()) this.enqueue(name);
-    for (const name of this.desiredNames()) this.enqueue(name);
+    // Once each: an agent already running when queued again would be converged twice.
+    for (const name of new Set([...this.records.entries().map(([name]) => name), ...this.desiredNames()])) void this.enqueue(name);
     this.watcher = new AgentWatcher(
       this.deps.config.agents.stateRoot,
       this.deps.config.agents.rescanIntervalSeconds * 1000,

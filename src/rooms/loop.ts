@@ -148,7 +148,9 @@ export class ReconcileLoop {
       clearTimeout(this.eventTimer);
       this.eventTimer = undefined;
     }
-    const reason = [...new Set(reasons)].join(", ");
+    // A thousand agents onboarding are a thousand reasons for one run: name a few, count the rest.
+    const distinct = [...new Set(reasons)];
+    const reason = distinct.slice(0, 5).join(", ") + (distinct.length > 5 ? ` and ${distinct.length - 5} more` : "");
     this.lastRunStarted = Date.now();
     this.runs++;
     try {
