@@ -50,28 +50,37 @@ function blindWrites(service: HiveMatrixService, report: ReconcileReport): numbe
 async function waitAgents(service: HiveMatrixService, request: Extract<HostRequest, { op: "waitAgents" }>): Promise<AgentWait> {
   const deadline = Date.now() + request.timeoutMs;
   const goal = request.until === "joined" ? ["joined"] : ["token_written", "joined"];
+  const stateOf = (name: string): string => service.agents.records.get(name)?.state ?? "unknown";
+  // Every poll costs the service CPU that the onboarding is charged with: only the agents not
+  // there yet are looked at (an agent does not leave its goal during a bench), and not too often.
+  const waiting = new Set(request.names);
   for (;;) {
-    const states: Record<string, number> = {};
-    const reasons: string[] = [];
-    let done = 0;
     let failed = 0;
-    for (const name of request.names) {
-      const record = service.agents.records.get(name);
-      const state = record?.state ?? "unknown";
-      states[state] = (states[state] ?? 0) + 1;
-      if (goal.includes(state)) done++;
-      if (state === "failed") {
-        failed++;
-        if (reasons.length < 5 && record?.reason) reasons.push(`${name}: ${record.reason}`);
-      }
+    for (const name of waiting) {
+      const state = stateOf(name);
+      if (goal.includes(state)) waiting.delete(name);
+      else if (state === "failed") failed++;
     }
-    const settled = done === request.names.length || (done + failed === request.names.length && failed > 0);
+    const settled = waiting.size === 0 || failed === waiting.size;
     const timedOut = Date.now() > deadline;
     if (settled || timedOut) {
       if (settled && !timedOut) await service.agents.idle();
+      const states: Record<string, number> = {};
+      const reasons: string[] = [];
+      let done = 0;
+      failed = 0;
+      for (const name of request.names) {
+        const state = stateOf(name);
+        states[state] = (states[state] ?? 0) + 1;
+        if (goal.includes(state)) done++;
+        if (state === "failed") {
+          failed++;
+          const reason = service.agents.records.get(name)?.reason;
+          if (reasons.length < 5 && reason) reasons.push(`${name}: ${reason}`);
+        }
+      }
       return { states, done, failed, reasons, timedOut: timedOut && !settled };
     }
-    // Every poll costs the service CPU that the onboarding is charged with: poll less often for large fleets.
     await sleep(Math.min(100, 10 + request.names.length / 10));
   }
 }

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { elapsedMs, now, roundSummary, summarize, type Summary } from "./stats";
 
 export function probeDisk(dir: string, iterations = 300, bytes = 23_000): Summary {
+  // A fresh file each time, like the journal after a compaction.
   mkdirSync(dir, { recursive: true });
   const line = Buffer.alloc(bytes, 0x61);
   line[bytes - 1] = 0x0a;

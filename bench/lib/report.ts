@@ -10,7 +10,10 @@ import { round } from "./stats";
 
 /** How a row's goal is judged. Ratios are always hive-matrix / baseline. */
 export type Goal =
-  { kind: "ratioAtLeast"; value: number } | { kind: "ratioAtMost"; value: number } | { kind: "atMost"; value: number; unit: string };
+  | { kind: "ratioAtLeast"; value: number }
+  | { kind: "ratioAtMost"; value: number }
+  | { kind: "atMost"; value: number; unit: string }
+  | { kind: "atLeast"; value: number; unit: string };
 
 export interface MetricRow {
   metric: string;
@@ -63,6 +66,7 @@ export function judge(row: MetricRow): JudgedRow {
   let met: boolean | null = null;
   if (row.goal && row.hive !== null) {
     if (row.goal.kind === "atMost") met = row.hive <= row.goal.value;
+    else if (row.goal.kind === "atLeast") met = row.hive >= row.goal.value;
     else if (ratio !== null) met = row.goal.kind === "ratioAtLeast" ? ratio >= row.goal.value : ratio <= row.goal.value;
   }
   return { ...row, ratio: ratio === null ? null : round(ratio), met };
@@ -72,6 +76,7 @@ export function goalText(goal: Goal | undefined): string {
   if (!goal) return "";
   if (goal.kind === "ratioAtLeast") return `≥ ${goal.value.toFixed(1)}×`;
   if (goal.kind === "ratioAtMost") return `≤ ${goal.value.toFixed(1)}×`;
+  if (goal.kind === "atLeast") return `≥ ${goal.value} ${goal.unit}`.trim();
   return `≤ ${goal.value} ${goal.unit}`.trim();
 }
 

@@ -15,7 +15,7 @@ import { transactionBodies } from "../lib/events";
 import { ChildHost } from "../lib/host";
 import { closedLoop, fixedRate, type LoadResult, type Target } from "../lib/loadgen";
 import { withCpu } from "../lib/proc";
-import { round, roundSummary } from "../lib/stats";
+import { round, roundSummary, type Summary } from "../lib/stats";
 import { SERVER_NAME } from "../lib/synapse";
 
 const EVENTS_PER_TXN = 50;
@@ -179,7 +179,13 @@ export const ingest: Scenario = {
     const started: ChildHost[] = [];
     try {
       const targets = await startTargets(ctx, started);
-      const diskBefore = probeDisk(join(ctx.runDir, "disk-probe"));
+      // The journal line of one transaction, and of a group of SATURATION_CONCURRENCY sharing one write.
+      const lineBytes = bodyBytes + 60;
+      const probe = (): { one: Summary; group: Summary } => ({
+        one: probeDisk(join(ctx.runDir, "disk-probe"), 300, lineBytes),
+        group: probeDisk(join(ctx.runDir, "disk-probe"), 100, lineBytes * SATURATION_CONCURRENCY),
+      });
+      const diskBefore = probe();
       const runs: Record<Who, TargetRun[]> = { hive: [], baseline: [], http: [] };
       for (let r = 0; r < rounds; r++) {
         // Rotate who goes first, so a noisy neighbour does not always hit the same target.
@@ -199,7 +205,19 @@ export const ingest: Scenario = {
       const b = pick("baseline");
       const x = pick("http");
       const transactions = (await targets.hive.host.call({ op: "describe" })).text;
-      const diskAfter = probeDisk(join(ctx.runDir, "disk-probe"));
+      const diskAfter = probe();
+      // What the disk allows: group size ÷ synchronous-append latency × events per transaction.
+      const syncOneMs = (diskBefore.one.mean + diskAfter.one.mean) / 2;
+      const syncGroupMs = (diskBefore.group.mean + diskAfter.group.mean) / 2;
+      const limitOne = (1000 / syncOneMs) * EVENTS_PER_TXN;
+      const limitGroup = ((SATURATION_CONCURRENCY * 1000) / syncGroupMs) * EVENTS_PER_TXN;
+      // With 1 in flight the sync cannot overlap the HTTP work: the best durable service does the
+      // HTTP layer's work (the diagnostic target, measured) and then one sync, per transaction.
+      const httpOneMs = 1000 / x.seq.result.txnPerSecond;
+      const serialBound = (1000 / (httpOneMs + syncOneMs)) * EVENTS_PER_TXN;
+      // SDK parity is physically possible only where the durable bound is at least the SDK's throughput.
+      const parityPossibleSat = limitGroup >= b.sat.result.eventsPerSecond;
+      const parityPossibleOne = serialBound >= b.seq.result.eventsPerSecond;
       const errors = Object.values(runs)
         .flat()
         .reduce((s, t) => s + t.fixed.result.errors + t.saturation.result.errors + t.sequential.result.errors, 0);
@@ -216,8 +234,20 @@ export const ingest: Scenario = {
         `CPU per acknowledged transaction at saturation: hive-matrix ${cpu(h.sat)}, baseline ${cpu(b.sat)}, HTTP layer alone ${cpu(x.sat)}.`,
       ];
       notes.push(
-        `This run's disk, one O_DSYNC append of a transaction's journal line (what each acknowledgement waits for with 1 in flight): ` +
-          `p50 ${diskBefore.p50} ms, p99 ${diskBefore.p99} ms before the rounds; p50 ${diskAfter.p50} ms, p99 ${diskAfter.p99} ms after.`,
+        `This run's disk, one O_DSYNC append of a transaction's journal line (${lineBytes} bytes; what each acknowledgement waits for with 1 in flight): ` +
+          `mean ${diskBefore.one.mean} ms, p50 ${diskBefore.one.p50} ms, p99 ${diskBefore.one.p99} ms before the rounds; ` +
+          `mean ${diskAfter.one.mean} ms, p50 ${diskAfter.one.p50} ms, p99 ${diskAfter.one.p99} ms after. ` +
+          `A group of ${SATURATION_CONCURRENCY} lines in one append: mean ${diskBefore.group.mean} ms before, ${diskAfter.group.mean} ms after.`,
+        `The disk's limit (group size ÷ sync latency × ${EVENTS_PER_TXN} events): ${Math.round(limitOne)} events/s with 1 in flight, ` +
+          `${Math.round(limitGroup)} events/s with ${SATURATION_CONCURRENCY} per append. With 1 in flight the sync is serial with the HTTP work, so the ` +
+          `best a durable service can do is the HTTP layer alone (${round(httpOneMs)} ms per transaction, measured) plus one sync: ` +
+          `${Math.round(serialBound)} events/s; hive-matrix reaches ${round(h.seq.result.eventsPerSecond / serialBound)} of that. ` +
+          (parityPossibleSat
+            ? `At saturation the disk allows more than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s, so SDK parity is the goal there. `
+            : `At saturation the disk allows less than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s: no durable service can match it on this disk. `) +
+          (parityPossibleOne
+            ? "With 1 in flight SDK parity is possible on this disk and is the goal."
+            : "With 1 in flight SDK parity is not possible on this disk (HTTP work plus one sync takes longer than the SDK's work alone)."),
       );
       const backlog = runs.hive.map((t) => t.drains.saturation).filter((x): x is Drain => x !== undefined);
       const worst = backlog.reduce<Drain>((a, c) => (c.queued > a.queued ? c : a), { queued: 0, ms: 0 });
@@ -235,7 +265,21 @@ export const ingest: Scenario = {
             unit: "events/s",
             hive: h.sat.result.eventsPerSecond,
             baseline: b.sat.result.eventsPerSecond,
-            goal: { kind: "ratioAtLeast", value: 1.0 },
+            ...(parityPossibleSat ? { goal: { kind: "ratioAtLeast", value: 1.0 } as const } : { note: "(disk-bound)" }),
+          },
+          {
+            metric: `share of the disk's limit, ${SATURATION_CONCURRENCY} in flight (${SATURATION_CONCURRENCY} per sync)`,
+            unit: "",
+            hive: h.sat.result.eventsPerSecond / limitGroup,
+            baseline: null,
+            goal: { kind: "atLeast", value: 0.8, unit: "" },
+          },
+          {
+            metric: "share of the disk's limit, 1 in flight (1 per sync)",
+            unit: "",
+            hive: h.seq.result.eventsPerSecond / limitOne,
+            baseline: null,
+            goal: { kind: "atLeast", value: 0.8, unit: "" },
           },
           { metric: "ack latency p50 at saturation", unit: "ms", hive: h.sat.result.latencyMs.p50, baseline: b.sat.result.latencyMs.p50 },
           { metric: "ack latency p99 at saturation", unit: "ms", hive: h.sat.result.latencyMs.p99, baseline: b.sat.result.latencyMs.p99 },
@@ -244,6 +288,7 @@ export const ingest: Scenario = {
             unit: "events/s",
             hive: h.seq.result.eventsPerSecond,
             baseline: b.seq.result.eventsPerSecond,
+            ...(parityPossibleOne ? { goal: { kind: "ratioAtLeast", value: 1.0 } as const } : { note: "(sync-bound)" }),
           },
           {
             metric: "ack latency p50 at 5,000 events/s",
@@ -273,6 +318,16 @@ export const ingest: Scenario = {
           targets: LABEL,
           transactions,
           diskWriteMs: { before: diskBefore, after: diskAfter },
+          diskLimit: {
+            lineBytes,
+            syncOneMs: round(syncOneMs),
+            syncGroupMs: round(syncGroupMs),
+            limitOne: round(limitOne),
+            limitGroup: round(limitGroup),
+            serialBound: round(serialBound),
+            parityPossibleSat,
+            parityPossibleOne,
+          },
           rounds: Object.fromEntries(
             TARGETS.map((who) => [
               who,
