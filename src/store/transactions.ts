@@ -7,7 +7,9 @@
  * and every line queued during one write goes out together in the next: concurrent transactions
  * share one disk flush (group commit). Handled transactions get a `done` line that needs no flush
  * of its own (a crash before it is written replays the transaction; handlers are idempotent or, for
- * commands, de-duplicated by event ID). After a crash the unhandled transactions are replayed and
+ * commands, de-duplicated by event ID): it rides along with the next transaction's write, or goes
+ * out on its own after DONE_DELAY_MS when none comes, so a homeserver sending one transaction at a
+ * time costs one synchronous write per transaction, not two. After a crash the unhandled transactions are replayed and
  * their txnIds count as seen, so the homeserver's redelivery is acknowledged without being queued
  * twice. The journal is compacted to the most recent `capacity` txnIds plus unhandled entries.
  *
@@ -84,6 +86,8 @@ const lineSchema = z.union([
 const legacyInboxSchema = z.object({ seq: z.number().int(), txnId: z.string(), events: eventsSchema });
 
 const JOURNAL = "transactions.journal";
+/** How long `done` lines wait for a transaction's write to ride along with. */
+const DONE_DELAY_MS = 1000;
 const LEGACY_LOG = "transactions.log";
 const LEGACY_INBOX = "inbox";
 
@@ -139,6 +143,9 @@ export class TransactionStore {
   private lines = 0;
   private queued: (string | Buffer)[] = [];
   private waiters: Waiter[] = [];
+  /** `done` lines not yet queued: they join the next write (see DONE_DELAY_MS). */
+  private doneLines: string[] = [];
+  private doneTimer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   /** Disk writes made: fewer than transactions when group commit is at work. */
   flushes = 0;
@@ -203,12 +210,20 @@ export class TransactionStore {
   /** Called once every event of the entry has been handled. */
   done(entry: InboxEntry): void {
     if (!this.unhandled.delete(entry.seq) || this.fd === null) return;
-    // Rides along with the next write; nobody waits for it.
-    this.enqueue(`${JSON.stringify({ d: entry.seq })}\n`).catch(() => undefined);
+    // Nobody waits for it: it joins the next write, or goes out on its own after a while.
+    this.doneLines.push(`${JSON.stringify({ d: entry.seq })}\n`);
+    if (!this.doneTimer) {
+      this.doneTimer = setTimeout(() => {
+        this.doneTimer = undefined;
+        if (this.doneLines.length > 0 && this.fd !== null) this.enqueue(null).catch(() => undefined);
+      }, DONE_DELAY_MS);
+      this.doneTimer.unref();
+    }
   }
 
-  /** Waits for queued writes, then closes the journal. */
+  /** Waits for queued writes (`done` lines included), then closes the journal. */
   async flushAndClose(): Promise<void> {
+    if (this.doneLines.length > 0 && this.fd !== null) await this.enqueue(null).catch(() => undefined);
     while (this.flushing) await this.flushing;
     this.close();
   }
@@ -217,11 +232,17 @@ export class TransactionStore {
   close(): void {
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
+    clearTimeout(this.doneTimer);
+    this.doneTimer = undefined;
+    this.doneLines = [];
   }
 
-  private enqueue(line: string | Buffer, written?: () => void): Promise<void> {
+  /** Queues `line` (null: only the pending `done` lines) for the next write, with the pending `done` lines. */
+  private enqueue(line: string | Buffer | null, written?: () => void): Promise<void> {
     const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject, written }));
-    this.queued.push(line);
+    this.queued.push(...this.doneLines);
+    this.doneLines = [];
+    if (line !== null) this.queued.push(line);
     this.flushing ??= this.flush().finally(() => {
       this.flushing = undefined;
     });

@@ -57,6 +57,33 @@ describe("transaction store", () => {
     await store.flushAndClose();
   });
 
+  it("done lines ride along with the next transaction's write, or go out on their own when none comes", async () => {
+    jest.useFakeTimers({ doNotFake: ["setImmediate", "nextTick", "queueMicrotask", "Date"] });
+    try {
+      const dir = tempDir();
+      const store = new TransactionStore(dir);
+      store.open();
+      for (let i = 0; i < 10; i++) {
+        const intake = await store.accept(`s${i}`, [{ type: "m.room.message", event_id: `$s${i}` }]);
+        if ("entry" in intake) store.done(intake.entry);
+      }
+      // One synchronous write per transaction, not one more for each done line.
+      expect(store.flushes).toBe(10);
+      jest.advanceTimersByTime(1000);
+      // The write itself is real disk I/O: wait for it (bounded) without any timer.
+      const until = Date.now() + 10_000;
+      while (store.flushes < 11 && Date.now() < until) await new Promise((resolve) => setImmediate(resolve));
+      expect(store.flushes).toBe(11);
+      expect(readFileSync(join(dir, "transactions.journal"), "utf8")).toContain('{"d":10}');
+      store.close();
+      const again = new TransactionStore(dir);
+      expect(again.open()).toEqual([]);
+      again.close();
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
   it("compacts to the most recent txnIds and the unhandled entries", async () => {
     const dir = tempDir();
     const store = new TransactionStore(dir, 5);
