@@ -39,6 +39,9 @@ export const DEPLOYED_FLAGS = ["--max-semi-space-size=2"];
  */
 export const REQUEST_FLOOR = 5;
 
+/** How long the service's idle CPU is measured for. */
+const IDLE_MS = 5000;
+
 /** How long the service must stay quiet after a restart before it counts as idle. */
 const QUIET_MS = 1000;
 
@@ -122,6 +125,8 @@ interface FleetRun {
   atRest: MemorySample;
   after: MemorySample;
   measured: OnboardMeasurement;
+  /** CPU ms per second of the service with every agent onboarded and nothing happening. */
+  idleCpuMsPerS: number;
   /** The restart with every agent onboarded, and the same restart before any agent existed. */
   restart?: { full: RestartMeasurement; empty: RestartMeasurement };
 }
@@ -191,9 +196,14 @@ async function measureFleet(
     const names = ctx.names(prefix, n);
     const measured = await onboardAgents(hive, names, ctx.synapse.synapse.pid);
     const after = await hive.host.call({ op: "memory" });
+    // What the service costs while nothing happens: anything here is charged to every phase, per second.
+    const idle0 = cpuMs(hive.host.pid);
+    const idleStarted = now();
+    await new Promise((resolve) => setTimeout(resolve, IDLE_MS));
+    const idleCpuMsPerS = ((cpuMs(hive.host.pid) - idle0) / elapsedMs(idleStarted)) * 1000;
     let full: RestartMeasurement | undefined;
     if (options.restart) ({ hive, measured: full } = await restart(ctx, hive, names, nodeArgs));
-    return { atRest, after, measured, restart: full && empty ? { full, empty } : undefined };
+    return { atRest, after, measured, idleCpuMsPerS, restart: full && empty ? { full, empty } : undefined };
   } finally {
     await hive.stop();
   }
@@ -276,6 +286,7 @@ export const fleet: Scenario = {
         goal: { kind: "ratioAtMost", value: 1.05 },
       },
       { metric: "Synapse CPU per agent", unit: "ms", hive: synapseCpu / n, baseline: null },
+      { metric: `hive-matrix CPU while idle with ${n} agents`, unit: "ms/s", hive: deployed.idleCpuMsPerS, baseline: null },
       {
         metric: `RSS after ${n} agents (joined), as deployed`,
         unit: "MB",
