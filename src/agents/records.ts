@@ -55,6 +55,8 @@ export class AgentRecords {
   /** Names in order, kept while no name is added: callers list the records far more often than agents appear. */
   private sorted: string[] | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Records changed since the file was last written. */
+  private dirty = false;
   /** Nothing is written before the file was read: an empty map must never overwrite real records. */
   private loaded = false;
 
@@ -101,11 +103,12 @@ export class AgentRecords {
     };
     if (next.state !== "failed") delete next.reason;
     if (previous && sameRecord(previous, next)) {
-      if (options.durable && this.timer) this.flush();
+      if (options.durable) this.flush();
       return previous;
     }
     if (!previous) this.sorted = undefined;
     this.records.set(name, next);
+    this.dirty = true;
     if (options.durable) this.flush();
     else this.schedule();
     return next;
@@ -120,9 +123,10 @@ export class AgentRecords {
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (!this.loaded) return;
+    if (!this.loaded || !this.dirty) return;
     const lines = this.entries().map(([name, record]) => `${JSON.stringify(name)}: ${JSON.stringify(record)}`);
     this.state.writeText(AGENTS_FILE, `{"version": 1, "agents": {\n${lines.join(",\n")}\n}}\n`);
+    this.dirty = false;
   }
 
   private schedule(): void {

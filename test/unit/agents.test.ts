@@ -194,6 +194,31 @@ describe("agent records", () => {
     expect(again.countsByState()).toMatchObject({ token_written: 1, failed: 1, joined: 0 });
   });
 
+  it("an update that changes nothing writes nothing; the file holds one agent per line", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    const records = new AgentRecords(store, (err) => {
+      throw err;
+    });
+    records.load();
+    records.set("alpha", { userId: "@agent-alpha:h", state: "joined", leaving: false }, { durable: true });
+    records.set("beta", { userId: "@agent-beta:h", state: "token_written" }, { durable: true });
+    const file = join(dir, "agents.json");
+    const before = statSync(file, { bigint: true });
+    // A restart re-derives every agent as it was: the same fields again.
+    records.set("alpha", { userId: "@agent-alpha:h", state: "joined", leaving: false }, { durable: true });
+    records.set("beta", { userId: "@agent-beta:h", state: "token_written" });
+    records.flush();
+    const after = statSync(file, { bigint: true });
+    expect([after.ino, after.mtimeNs]).toEqual([before.ino, before.mtimeNs]);
+    records.set("beta", { userId: "@agent-beta:h", state: "joined" }, { durable: true });
+    expect(statSync(file, { bigint: true }).ino).not.toBe(before.ino);
+    const text = readFileSync(file, "utf8");
+    expect(text.split("\n").filter((line) => line.includes('"userId"'))).toHaveLength(2);
+    expect(JSON.parse(text)).toMatchObject({ version: 1, agents: { alpha: { state: "joined" }, beta: { state: "joined" } } });
+  });
+
   it("a corrupted agents.json is an error naming the file, not a reset", () => {
     const dir = tempDir();
     const store = new StateStore(dir);
