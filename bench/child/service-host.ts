@@ -178,7 +178,9 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
     }
     case "describe": {
       const counts = await service.metrics.transactions.get();
-      return { text: counts.values.map((v) => `${v.value} ${String(v.labels.result)}`).join(", ") || "no transactions" };
+      const text = counts.values.map((v) => `${v.value} ${String(v.labels.result)}`).join(", ") || "no transactions";
+      // Transactions and done lines share the journal's writes: fewer writes than transactions is group commit at work.
+      return { text: `${text}; ${service.transactions.flushes} journal writes` };
     }
     case "drain": {
       const started = process.hrtime.bigint();
