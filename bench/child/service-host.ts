@@ -180,13 +180,20 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
       const counts = await service.metrics.transactions.get();
       const text = counts.values.map((v) => `${v.value} ${String(v.labels.result)}`).join(", ") || "no transactions";
       // Transactions and done lines share the journal's writes: fewer writes than transactions is group commit at work.
-      return { text: `${text}; ${service.transactions.flushes} journal writes` };
+      const { flushes, flushMs } = service.transactions;
+      return {
+        text: `${text}; ${flushes} journal writes, ${flushes ? Math.round((flushMs / flushes) * 1000) / 1000 : 0} ms each on average (write to the disk's acknowledgement, as the service saw it)`,
+      };
     }
     case "drain": {
       const started = process.hrtime.bigint();
       const queued = (await service.metrics.eventQueue.get()).values[0]?.value ?? 0;
       await service.events.idle();
-      return { queued, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+      return {
+        queued,
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        journal: { flushes: service.transactions.flushes, flushMs: service.transactions.flushMs },
+      };
     }
     case "quiet":
       return quiet(service, request);

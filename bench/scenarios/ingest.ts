@@ -42,6 +42,8 @@ interface Drain {
   queued: number;
   /** How long handling them took (outside the measured phase). */
   ms: number;
+  /** The journal's writes so far, and how long they took in all (to the disk's acknowledgement). */
+  journal: { flushes: number; flushMs: number };
 }
 
 interface TargetRun {
@@ -249,8 +251,36 @@ export const ingest: Scenario = {
             ? "With 1 in flight SDK parity is possible on this disk and is the goal."
             : "With 1 in flight SDK parity is not possible on this disk (HTTP work plus one sync takes longer than the SDK's work alone)."),
       );
+      // The journal as the service saw it during each round's saturation phase: how many writes, how
+      // long each, and what share of the phase the (serial) journal was writing.
+      const journalAtSat = runs.hive.map((t) => {
+        const before = t.drains["fixed rate"]?.journal;
+        const after = t.drains.saturation?.journal;
+        if (!before || !after) return undefined;
+        const writes = after.flushes - before.flushes;
+        const ms = after.flushMs - before.flushMs;
+        return {
+          writes,
+          txnPerWrite: writes ? t.saturation.result.ok / writes : 0,
+          msPerWrite: writes ? ms / writes : 0,
+          busyShare: ms / d.saturationMs,
+          eventsPerSecond: t.saturation.result.eventsPerSecond,
+        };
+      });
+      const bestSat = journalAtSat.reduce((a, c) => (c && (!a || c.eventsPerSecond > a.eventsPerSecond) ? c : a), undefined);
+      if (bestSat) {
+        notes.push(
+          `The journal during the best saturation round, as the service saw it: ${bestSat.writes} writes of ${round(bestSat.txnPerWrite)} transactions ` +
+            `(with the done lines riding along), ${round(bestSat.msPerWrite)} ms each from the write to the disk's acknowledgement; the journal was writing ` +
+            `${Math.round(bestSat.busyShare * 100)} % of the phase. Near 100 %, the disk is what limits; well below, the CPU is.`,
+        );
+      }
       const backlog = runs.hive.map((t) => t.drains.saturation).filter((x): x is Drain => x !== undefined);
-      const worst = backlog.reduce<Drain>((a, c) => (c.queued > a.queued ? c : a), { queued: 0, ms: 0 });
+      const worst = backlog.reduce<Drain>((a, c) => (c.queued > a.queued ? c : a), {
+        queued: 0,
+        ms: 0,
+        journal: { flushes: 0, flushMs: 0 },
+      });
       notes.push(
         worst.queued === 0
           ? "hive-matrix acknowledges before handling; its event queue kept up: nothing acknowledged was left unhandled at the end of a saturation phase."
@@ -318,6 +348,9 @@ export const ingest: Scenario = {
           targets: LABEL,
           transactions,
           diskWriteMs: { before: diskBefore, after: diskAfter },
+          journalAtSaturation: journalAtSat.map((j) =>
+            j ? { ...j, txnPerWrite: round(j.txnPerWrite), msPerWrite: round(j.msPerWrite), busyShare: round(j.busyShare) } : null,
+          ),
           diskLimit: {
             lineBytes,
             syncOneMs: round(syncOneMs),

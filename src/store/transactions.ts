@@ -149,6 +149,8 @@ export class TransactionStore {
   private flushing: Promise<void> | undefined;
   /** Disk writes made: fewer than transactions when group commit is at work. */
   flushes = 0;
+  /** Milliseconds those writes took, from the write's start to the disk's acknowledgement: what the disk gave. */
+  flushMs = 0;
 
   constructor(
     private readonly dir: string,
@@ -257,7 +259,10 @@ export class TransactionStore {
       this.waiters = [];
       try {
         if (this.fd === null) throw new Error("transaction store is closed");
-        await writeAll(this.fd, Buffer.concat(lines.map((l) => (typeof l === "string" ? Buffer.from(l, "utf8") : l))));
+        const data = Buffer.concat(lines.map((l) => (typeof l === "string" ? Buffer.from(l, "utf8") : l)));
+        const started = process.hrtime.bigint();
+        await writeAll(this.fd, data);
+        this.flushMs += Number(process.hrtime.bigint() - started) / 1e6;
         this.flushes++;
         this.lines += lines.length;
         waiters.forEach((w) => {
