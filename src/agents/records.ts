@@ -85,10 +85,6 @@ export class AgentRecords {
     return this.sorted.map((name) => [name, this.records.get(name) as AgentRecord]);
   }
 
-  get size(): number {
-    return this.records.size;
-  }
-
   /** Updates (or creates) a record. `durable` writes now; otherwise the write is coalesced. */
   set(name: string, patch: Partial<AgentRecord> & Pick<AgentRecord, "userId">, options: { durable?: boolean } = {}): AgentRecord {
     const now = Date.now();
