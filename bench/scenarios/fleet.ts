@@ -196,7 +196,9 @@ async function measureFleet(
     const names = ctx.names(prefix, n);
     const measured = await onboardAgents(hive, names, ctx.synapse.synapse.pid);
     const after = await hive.host.call({ op: "memory" });
-    // What the service costs while nothing happens: anything here is charged to every phase, per second.
+    // What the service costs while nothing happens: anything here is charged to every phase, per
+    // second. Measured once the tail of the onboarding (a follow-up reconcile) is over.
+    await hive.host.call({ op: "quiet", quietMs: QUIET_MS, timeoutMs: 120_000 }, 130_000);
     const idle0 = cpuMs(hive.host.pid);
     const idleStarted = now();
     await new Promise((resolve) => setTimeout(resolve, IDLE_MS));
