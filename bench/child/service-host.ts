@@ -99,7 +99,7 @@ async function quiet(service: HiveMatrixService, request: Extract<HostRequest, {
     const total = await requestTotal(service);
     const queued = (await service.metrics.eventQueue.get()).values[0]?.value ?? 0;
     const agentsIdle = await Promise.race([service.agents.idle().then(() => true), sleep(0).then(() => false)]);
-    const busy = total !== lastTotal || queued > 0 || service.roomsLoop.running || !agentsIdle;
+    const busy = total !== lastTotal || queued > 0 || service.roomsLoop.running || service.roomsLoop.waiting || !agentsIdle;
     lastTotal = total;
     if (busy) lastActivity = performance.now();
     else if (performance.now() - lastActivity >= request.quietMs) return { quietForMs: performance.now() - lastActivity, timedOut: false };
