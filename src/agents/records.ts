@@ -43,11 +43,11 @@ export type AgentRecord = z.infer<typeof recordSchema>;
 const fileSchema = z.object({ version: z.literal(1), agents: z.record(recordSchema) });
 export const AGENTS_FILE = "agents.json";
 
-/** The fields that say something: `updatedAt` alone changing is no change. */
-const COMPARED = ["userId", "state", "reason", "source", "disabled", "leaving", "tokenWrittenAt", "createdAt"] as const;
-
+/** Every field says something except `updatedAt`: it alone changing is no change. All fields are scalars. */
 function sameRecord(a: AgentRecord, b: AgentRecord): boolean {
-  return COMPARED.every((key) => a[key] === b[key]);
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)] as (keyof AgentRecord)[]);
+  keys.delete("updatedAt");
+  return [...keys].every((key) => a[key] === b[key]);
 }
 
 export class AgentRecords {

@@ -214,6 +214,12 @@ describe("agent records", () => {
     expect([after.ino, after.mtimeNs]).toEqual([before.ino, before.mtimeNs]);
     records.set("beta", { userId: "@agent-beta:h", state: "joined" }, { durable: true });
     expect(statSync(file, { bigint: true }).ino).not.toBe(before.ino);
+    // Any field counts, also one added later: only updatedAt alone is no change.
+    records.set("alpha", { userId: "@agent-alpha:h", registering: true }, { durable: true });
+    expect(new AgentRecords(store, () => undefined).get("alpha")).toBeUndefined();
+    const reread = new AgentRecords(store, () => undefined);
+    reread.load();
+    expect(reread.get("alpha")?.registering).toBe(true);
     const text = readFileSync(file, "utf8");
     expect(text.split("\n").filter((line) => line.includes('"userId"'))).toHaveLength(2);
     expect(JSON.parse(text)).toMatchObject({ version: 1, agents: { alpha: { state: "joined" }, beta: { state: "joined" } } });
