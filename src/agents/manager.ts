@@ -137,6 +137,7 @@ export class AgentManager extends EventEmitter {
     this.queue.clear();
     await this.idle();
     this.records.flush();
+    this.records.close();
   }
 
   /** Resolves when nothing is queued or running (retries waiting on a timer do not count). */

@@ -9,9 +9,16 @@
  * most once per `debounceMs`, and an update that changes nothing but the timestamp writes nothing,
  * so a restart that finds every agent as it left it does not rewrite the file at all. The file
  * holds one agent per line, which keeps it readable and cheap to write for a thousand agents.
+ *
+ * An update that must be on disk before the caller goes on (`durable`) is appended as one line to
+ * `agents.journal`, opened with O_DSYNC: its cost does not grow with the number of agents, where
+ * rewriting the whole file for each of them would (a thousand agents onboarding make two such
+ * updates each). The next rewrite of `agents.json` records the last journal line it covers and
+ * empties the journal; loading replays the lines after that one.
  */
+import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
 import { z } from "zod";
-import type { StateStore } from "../store/state-store";
+import { StateError, type StateStore } from "../store/state-store";
 
 export const AGENT_STATES = ["pending", "registered", "token_written", "joined", "failed", "removed"] as const;
 export type AgentState = (typeof AGENT_STATES)[number];
@@ -40,8 +47,15 @@ const recordSchema = z.object({
 });
 export type AgentRecord = z.infer<typeof recordSchema>;
 
-const fileSchema = z.object({ version: z.literal(1), agents: z.record(recordSchema) });
+const fileSchema = z.object({
+  version: z.literal(1),
+  agents: z.record(recordSchema),
+  /** The last journal line this file includes: later lines are replayed on load. */
+  journalSeq: z.number().int().optional(),
+});
+const journalLineSchema = z.object({ seq: z.number().int(), name: z.string(), record: recordSchema });
 export const AGENTS_FILE = "agents.json";
+export const AGENTS_JOURNAL = "agents.journal";
 
 /** Every field says something except `updatedAt`: it alone changing is no change. All fields are scalars. */
 function sameRecord(a: AgentRecord, b: AgentRecord): boolean {
@@ -57,6 +71,9 @@ export class AgentRecords {
   private timer: NodeJS.Timeout | undefined;
   /** Records changed since the file was last written. */
   private dirty = false;
+  /** The last journal line written (or replayed), and the journal's descriptor once opened. */
+  private journalSeq = 0;
+  private journalFd: number | undefined;
   /** Nothing is written before the file was read: an empty map must never overwrite real records. */
   private loaded = false;
 
@@ -66,12 +83,42 @@ export class AgentRecords {
     private readonly debounceMs = 1000,
   ) {}
 
-  /** Loads the file; a corrupted file is an error naming it (StateError), never a silent reset. */
+  /** Loads the file and replays the journal; a corrupted file is an error naming it (StateError), never a silent reset. */
   load(): void {
     const file = this.state.readJson(AGENTS_FILE, fileSchema);
     this.records.clear();
     this.sorted = undefined;
     for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
+    this.journalSeq = file?.journalSeq ?? 0;
+    const covered = this.journalSeq;
+    const path = this.state.path(AGENTS_JOURNAL);
+    let text = "";
+    try {
+      text = readFileSync(path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+        throw new StateError(path, `cannot read (${(err as NodeJS.ErrnoException).code})`);
+    }
+    const lines = text.split("\n");
+    lines.forEach((line, i) => {
+      if (line === "") return;
+      let parsed;
+      try {
+        parsed = journalLineSchema.safeParse(JSON.parse(line));
+      } catch {
+        parsed = undefined;
+      }
+      if (!parsed?.success) {
+        // The last line without a newline is a write cut off by a crash: its caller never went on.
+        if (i === lines.length - 1) return;
+        throw new StateError(path, `line ${i + 1} is corrupted; restore the file or remove it deliberately`);
+      }
+      const { seq, name, record } = parsed.data;
+      if (seq <= covered) return;
+      this.records.set(name, record);
+      this.journalSeq = Math.max(this.journalSeq, seq);
+      this.dirty = true;
+    });
     this.loaded = true;
   }
 
@@ -98,15 +145,12 @@ export class AgentRecords {
       updatedAt: now,
     };
     if (next.state !== "failed") delete next.reason;
-    if (previous && sameRecord(previous, next)) {
-      if (options.durable) this.flush();
-      return previous;
-    }
+    if (previous && sameRecord(previous, next)) return previous;
     if (!previous) this.sorted = undefined;
     this.records.set(name, next);
     this.dirty = true;
-    if (options.durable) this.flush();
-    else this.schedule();
+    if (options.durable && this.loaded) this.append(name, next);
+    this.schedule();
     return next;
   }
 
@@ -121,8 +165,34 @@ export class AgentRecords {
     this.timer = undefined;
     if (!this.loaded || !this.dirty) return;
     const lines = this.entries().map(([name, record]) => `${JSON.stringify(name)}: ${JSON.stringify(record)}`);
-    this.state.writeText(AGENTS_FILE, `{"version": 1, "agents": {\n${lines.join(",\n")}\n}}\n`);
+    this.state.writeText(AGENTS_FILE, `{"version": 1, "journalSeq": ${this.journalSeq}, "agents": {\n${lines.join(",\n")}\n}}\n`);
     this.dirty = false;
+    // Everything in the journal is in the file now (which is on disk): a crash before this line
+    // only leaves lines that loading skips.
+    if (this.journalFd !== undefined) ftruncateSync(this.journalFd, 0);
+  }
+
+  /** Closes the journal (at stop, after the last flush). */
+  close(): void {
+    if (this.journalFd !== undefined) closeSync(this.journalFd);
+    this.journalFd = undefined;
+  }
+
+  /** One line, on disk when this returns. */
+  private append(name: string, record: AgentRecord): void {
+    const path = this.state.path(AGENTS_JOURNAL);
+    try {
+      this.journalFd ??= openSync(
+        path,
+        constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC | constants.O_NOFOLLOW,
+        0o600,
+      );
+      const line = Buffer.from(`${JSON.stringify({ seq: ++this.journalSeq, name, record })}\n`);
+      let offset = 0;
+      while (offset < line.length) offset += writeSync(this.journalFd, line, offset);
+    } catch (err) {
+      throw new StateError(path, `cannot write (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    }
   }
 
   private schedule(): void {

@@ -204,6 +204,7 @@ describe("agent records", () => {
     records.load();
     records.set("alpha", { userId: "@agent-alpha:h", state: "joined", leaving: false }, { durable: true });
     records.set("beta", { userId: "@agent-beta:h", state: "token_written" }, { durable: true });
+    records.flush();
     const file = join(dir, "agents.json");
     const before = statSync(file, { bigint: true });
     // A restart re-derives every agent as it was: the same fields again.
@@ -212,17 +213,48 @@ describe("agent records", () => {
     records.flush();
     const after = statSync(file, { bigint: true });
     expect([after.ino, after.mtimeNs]).toEqual([before.ino, before.mtimeNs]);
+    // A durable update is one journal line, not a rewrite of every agent; loading replays it.
     records.set("beta", { userId: "@agent-beta:h", state: "joined" }, { durable: true });
-    expect(statSync(file, { bigint: true }).ino).not.toBe(before.ino);
     // Any field counts, also one added later: only updatedAt alone is no change.
     records.set("alpha", { userId: "@agent-alpha:h", registering: true }, { durable: true });
-    expect(new AgentRecords(store, () => undefined).get("alpha")).toBeUndefined();
+    expect(statSync(file, { bigint: true }).ino).toBe(before.ino);
+    expect(readFileSync(join(dir, "agents.journal"), "utf8").trim().split("\n")).toHaveLength(2);
     const reread = new AgentRecords(store, () => undefined);
     reread.load();
     expect(reread.get("alpha")?.registering).toBe(true);
+    expect(reread.get("beta")?.state).toBe("joined");
+    // The next rewrite covers the journal and empties it.
+    records.flush();
+    expect(statSync(file, { bigint: true }).ino).not.toBe(before.ino);
+    expect(readFileSync(join(dir, "agents.journal"), "utf8")).toBe("");
+    records.close();
     const text = readFileSync(file, "utf8");
     expect(text.split("\n").filter((line) => line.includes('"userId"'))).toHaveLength(2);
     expect(JSON.parse(text)).toMatchObject({ version: 1, agents: { alpha: { state: "joined" }, beta: { state: "joined" } } });
+  });
+
+  it("the journal: lines the file covers are skipped, a torn last line is dropped, a corrupted one is an error", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    const records = new AgentRecords(store, (err) => {
+      throw err;
+    });
+    records.load();
+    records.set("a", { userId: "@a:h", state: "pending", registering: true }, { durable: true });
+    records.flush();
+    // A crash after the file was rewritten but before the journal was emptied leaves an old line.
+    const journal = join(dir, "agents.journal");
+    const old = JSON.stringify({ seq: 1, name: "a", record: { ...records.get("a"), registering: true } });
+    records.set("a", { userId: "@a:h", state: "registered", registering: false }, { durable: true });
+    records.flush();
+    records.close();
+    writeFileSync(journal, `${old}\n{"seq":9,"name":"a","rec`);
+    const again = new AgentRecords(store, () => undefined);
+    again.load();
+    expect(again.get("a")).toMatchObject({ state: "registered", registering: false });
+    writeFileSync(journal, `{ garbage\n${old}\n`);
+    expect(() => new AgentRecords(store, () => undefined).load()).toThrow(/agents\.journal: line 1 is corrupted/);
   });
 
   it("a corrupted agents.json is an error naming the file, not a reset", () => {
