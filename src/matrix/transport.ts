@@ -4,8 +4,8 @@
  * retries with backoff on network errors, 5xx and 429, metrics, and error mapping to the SDK's
  * `MatrixError`. Nothing else in the code base talks HTTP to the homeserver.
  *
- * It uses node:http(s) with a keep-alive agent rather than fetch: a thousand agents make thousands
- * of requests, and fetch costs several times the CPU per request (measured in `npm run bench`).
+ * It uses node:http(s) rather than fetch: a thousand agents make thousands of requests, and fetch
+ * costs several times the CPU per request (measured in `npm run bench`).
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
@@ -70,9 +70,6 @@ export interface TransportOptions {
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Idle keep-alive connections are closed after this, before a server is likely to close them under us. */
-const IDLE_SOCKET_MS = 4000;
-
 interface RawResponse {
   status: number;
   statusText: string;
@@ -122,7 +119,9 @@ export class HomeserverTransport {
   constructor(private readonly options: TransportOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.sleep = options.sleep ?? defaultSleep;
-    const agentOptions = { keepAlive: true, timeout: IDLE_SOCKET_MS };
+    // No keep-alive: with pooled connections, onboarding across a homeserver restart stalled (e2e
+    // faults.test.ts, in the full suite only; not yet understood). A loopback connect is cheap.
+    const agentOptions = { keepAlive: false };
     this.agent = this.baseUrl.startsWith("https:") ? new HttpsAgent(agentOptions) : new HttpAgent(agentOptions);
   }
 
