@@ -175,11 +175,9 @@ export class ControlRoom {
     this.notifier.report(kind, text);
   }
 
-  /** Invites operators added since the room was set up (and raises their power in a room the bot made). */
-  async refreshOperators(): Promise<void> {
-    const room = this.room;
-    if (!room) return;
-    const deps = {
+  /** What setting up the room and inviting its operators needs; the operator list as it is now. */
+  private roomDeps() {
+    return {
       client: this.deps.bot,
       botUserId: this.deps.botUserId,
       state: this.deps.state,
@@ -187,6 +185,13 @@ export class ControlRoom {
       logger: this.logger,
       operators: this.deps.operators?.all(),
     };
+  }
+
+  /** Invites operators added since the room was set up (and raises their power in a room the bot made). */
+  async refreshOperators(): Promise<void> {
+    const room = this.room;
+    if (!room) return;
+    const deps = this.roomDeps();
     await reconcileOperators(deps, room);
   }
 
@@ -224,14 +229,7 @@ export class ControlRoom {
 
   private async trySetUp(): Promise<boolean> {
     if (this.room || this.stopped) return this.room !== undefined;
-    const deps = {
-      client: this.deps.bot,
-      botUserId: this.deps.botUserId,
-      state: this.deps.state,
-      config: this.deps.config,
-      logger: this.logger,
-      operators: this.deps.operators?.all(),
-    };
+    const deps = this.roomDeps();
     try {
       const room = await locateControlRoom(deps);
       await reconcileOperators(deps, room);
