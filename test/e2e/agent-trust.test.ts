@@ -4,34 +4,20 @@
  * symlinks during rotations gets nothing written outside its dir; a storm of requests for one agent
  * runs one at a time and ends with one device and a working token.
  */
-import { randomBytes } from "node:crypto";
 import { lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { request } from "../support/operator";
+import { makeAgentDir, uniqueName, whoami } from "../support/agents";
 import { startRecordedService, type StartedService } from "../support/service";
 import { startSwapper } from "../support/swapper";
 
 const env = e2eEnv();
 
-function uniqueName(prefix: string): string {
-  return `${prefix}${randomBytes(3).toString("hex")}`.slice(0, 9);
-}
-
-function makeAgentDir(config: Config, name: string): string {
-  const dir = join(config.agents.stateRoot, name, "state");
-  mkdirSync(dir, { recursive: true });
-  return dir;
-}
-
 function readToken(stateDir: string): string {
   return readFileSync(join(stateDir, "matrix-token"), "utf8").trim();
-}
-
-async function whoami(token: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  return request(token, "GET", "/_matrix/client/v3/account/whoami");
 }
 
 /** Device IDs of a user, asked as the appservice (no token of the user needed). */

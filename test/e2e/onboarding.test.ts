@@ -2,7 +2,6 @@
  * Agent onboarding against a real homeserver (Synapse or tuwunel): agents appear as state dirs, get users, devices and
  * token files; restarts change nothing; rotation and removal revoke; hostile dirs change nothing.
  */
-import { randomBytes } from "node:crypto";
 import {
   existsSync,
   linkSync,
@@ -19,28 +18,15 @@ import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot, type ConfigOverrides } from "../harness/slots";
+import { makeAgentDir, uniqueName, whoami } from "../support/agents";
 import { startRecordedService, type StartedService } from "../support/service";
 import { request } from "../support/operator";
 import { until } from "../support/wait";
 
 const env = e2eEnv();
 
-function uniqueName(prefix: string): string {
-  return `${prefix}${randomBytes(3).toString("hex")}`.slice(0, 9);
-}
-
-function makeAgentDir(config: Config, name: string): string {
-  const dir = join(config.agents.stateRoot, name, "state");
-  mkdirSync(dir, { recursive: true });
-  return dir;
-}
-
 function tokenPath(config: Config, name: string): string {
   return join(config.agents.stateRoot, name, "state", "matrix-token");
-}
-
-async function whoami(token: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  return request(token, "GET", "/_matrix/client/v3/account/whoami");
 }
 
 async function deviceIds(token: string): Promise<string[]> {
