@@ -1,13 +1,17 @@
 /**
  * The appservice HTTP API the homeserver calls. Thin by design: authenticate, de-duplicate,
  * make the transaction durable, answer per the Application Service API spec; events are
- * handled later by the event queue, detached from the request.
+ * handled later by the event queue, detached from the request. Transactions, the one hot route,
+ * are served by a lean node:http path in front of the express app (lean-transactions.ts) where it
+ * can; both paths go through the same TransactionSteps, defined here.
  */
+import { createServer, type RequestListener, type Server } from "node:http";
 import express, { type ErrorRequestHandler, type Request, type Response, type NextFunction } from "express";
 import type { Logger } from "../logging";
 import type { Metrics } from "../metrics";
 import type { MatrixEvent } from "../store/transactions";
 import { RefusalLog, authenticate, tokensEqual } from "./auth";
+import { leanTransactionListener, type Reply, type TransactionSteps } from "./lean-transactions";
 
 export interface AppserviceHandlers {
   /**
@@ -39,9 +43,24 @@ export interface HttpOptions {
   refusals?: RefusalLog;
 }
 
+/** The appservice API, ready to serve. */
+export interface AppserviceApp {
+  /** Serves a request: transactions on the lean path where it can, everything else on the express app. */
+  handle: RequestListener;
+  /** The express app alone: every route, transactions included (the lean path's fallback). */
+  express: express.Express;
+  /** Like express's app.listen: a node:http server running `handle`. */
+  listen(port: number, host: string, onListening?: () => void): Server;
+}
+
 function matrixError(res: Response, status: number, errcode: string, error: string): void {
   res.status(status).json({ errcode, error });
 }
+
+const replyTo =
+  (res: Response): Reply =>
+  (status, body) =>
+    res.status(status).json(body);
 
 const MATRIX_ID = /^[@#!][^\s]+:[^\s]+$/;
 
@@ -57,7 +76,7 @@ export function validateTransactionBody(body: unknown): { ok: true; events: Matr
   return { ok: true, events: events as MatrixEvent[] };
 }
 
-export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpOptions): express.Express {
+export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpOptions): AppserviceApp {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
@@ -88,12 +107,52 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
       .catch(next);
   });
 
+  /** A transaction refused after authentication: the homeserver keeps it and retries, so it must not go unseen. */
+  const refused = (txnId: string | undefined, status: number, why: string): void => {
+    options.metrics.transactions.inc({ result: "rejected" });
+    log.warn({ txnId, status }, `transaction refused: ${why}; the homeserver keeps retrying it, and later ones may wait behind it`);
+  };
+  const steps: TransactionSteps = {
+    authorize: (req, path, reply) => {
+      const result = authenticate(req, options.hsToken);
+      if (result.ok) return true;
+      options.metrics.transactions.inc({ result: "unauthorized" });
+      refusals.note(result.status, path.split("/").slice(0, 5).join("/"));
+      reply(result.status, { errcode: result.errcode, error: result.error });
+      return false;
+    },
+    receive: (txnId, body, raw, reply, fail) => {
+      const checked = validateTransactionBody(body);
+      if (!checked.ok) {
+        refused(txnId, 400, checked.error);
+        return reply(400, { errcode: "M_BAD_JSON", error: checked.error });
+      }
+      handlers
+        .onTransaction(txnId, checked.events, raw)
+        .then((result) => {
+          options.metrics.transactions.inc({ result });
+          reply(200, {});
+        })
+        .catch(fail);
+    },
+    fail: (err, path, reply) => {
+      const { type, message } = (err ?? {}) as { type?: string; message?: string };
+      const txnId = /\/transactions\/([^/]+)$/.exec(path)?.[1];
+      const refuse = (status: number, errcode: string, error: string): void => {
+        if (txnId !== undefined) refused(txnId, status, error);
+        reply(status, { errcode, error });
+      };
+      if (type === "entity.too.large") return refuse(413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
+      if (type === "entity.parse.failed") return refuse(400, "M_NOT_JSON", "Body is not valid JSON");
+      if (type === "encoding.unsupported" || type === "charset.unsupported") return refuse(415, "M_UNKNOWN", "Unsupported encoding");
+      if (type === "request.aborted") return;
+      log.error({ err: message }, "appservice request failed");
+      reply(500, { errcode: "M_UNKNOWN", error: "Internal error; the homeserver will retry" });
+    },
+  };
+
   const requireToken = (req: Request, res: Response, next: NextFunction): void => {
-    const result = authenticate(req, options.hsToken);
-    if (result.ok) return next();
-    options.metrics.transactions.inc({ result: "unauthorized" });
-    refusals.note(result.status, req.path.split("/").slice(0, 5).join("/"));
-    matrixError(res, result.status, result.errcode, result.error);
+    if (steps.authorize(req, req.path, replyTo(res))) next();
   };
   const json = express.json({
     limit: options.maxBodyBytes,
@@ -109,25 +168,8 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     },
   });
 
-  /** A transaction refused after authentication: the homeserver keeps it and retries, so it must not go unseen. */
-  const refused = (txnId: string | undefined, status: number, why: string): void => {
-    options.metrics.transactions.inc({ result: "rejected" });
-    log.warn({ txnId, status }, `transaction refused: ${why}; the homeserver keeps retrying it, and later ones may wait behind it`);
-  };
   const transaction = (req: Request, res: Response, next: NextFunction): void => {
-    const txnId = req.params.txnId;
-    const checked = validateTransactionBody(req.body);
-    if (!checked.ok) {
-      refused(txnId, 400, checked.error);
-      return matrixError(res, 400, "M_BAD_JSON", checked.error);
-    }
-    handlers
-      .onTransaction(txnId, checked.events, (req as Request & { rawBody?: Buffer }).rawBody)
-      .then((result) => {
-        options.metrics.transactions.inc({ result });
-        res.status(200).json({});
-      })
-      .catch(next);
+    steps.receive(req.params.txnId, req.body, (req as Request & { rawBody?: Buffer }).rawBody, replyTo(res), next);
   };
   const userQuery = (req: Request, res: Response, next: NextFunction): void => {
     const userId = req.params.userId;
@@ -160,20 +202,25 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
     else matrixError(res, 404, "M_UNRECOGNIZED", "Unrecognized request");
   });
 
-  const errors: ErrorRequestHandler = (err: { type?: string; status?: number; message?: string }, req, res, _next) => {
+  const errors: ErrorRequestHandler = (err: unknown, req, res, _next) => {
     void _next;
-    const txnId = /\/transactions\/([^/]+)$/.exec(req.path)?.[1];
-    const refuse = (status: number, errcode: string, error: string): void => {
-      if (txnId !== undefined) refused(txnId, status, error);
-      matrixError(res, status, errcode, error);
-    };
-    if (err.type === "entity.too.large") return refuse(413, "M_TOO_LARGE", `Body exceeds ${options.maxBodyBytes} bytes`);
-    if (err.type === "entity.parse.failed") return refuse(400, "M_NOT_JSON", "Body is not valid JSON");
-    if (err.type === "encoding.unsupported" || err.type === "charset.unsupported") return refuse(415, "M_UNKNOWN", "Unsupported encoding");
-    if (err.type === "request.aborted") return;
-    log.error({ err: err.message }, "appservice request failed");
-    matrixError(res, 500, "M_UNKNOWN", "Internal error; the homeserver will retry");
+    steps.fail(err, req.path, replyTo(res));
   };
   app.use(errors);
-  return app;
+
+  const parseQuery: unknown = app.get("query parser fn");
+  if (typeof parseQuery !== "function") throw new Error("express has no query parser");
+  const handle = leanTransactionListener(
+    steps,
+    { maxBodyBytes: options.maxBodyBytes, parseQuery: parseQuery as (query: string) => Request["query"] },
+    app,
+  );
+  return {
+    handle,
+    express: app,
+    listen: (port, host, onListening) => {
+      const server = createServer(handle);
+      return onListening ? server.listen(port, host, onListening) : server.listen(port, host);
+    },
+  };
 }
