@@ -64,19 +64,29 @@ export function leanTransactionListener(steps: TransactionSteps, options: LeanOp
     const encoding = req.headers["content-encoding"];
     if ((type !== undefined && !UTF8_JSON.test(type)) || (encoding && encoding.toLowerCase() !== "identity")) return fallback(req, res);
     let txnId: string;
+    let query: Request["query"];
     try {
       txnId = decodeURIComponent(match[1]);
+      query = q < 0 ? {} : options.parseQuery(url.slice(q + 1));
     } catch {
-      // Express fails the route match on it; it answers, so the lean path has nothing to add.
+      // Express fails the route match (or its query middleware) on it and answers; nothing read yet.
       return fallback(req, res);
     }
 
     const reply: Reply = (status, body) => sendJson(res, status, body);
     const fail = (err: unknown): void => steps.fail(err, path, reply);
-    if (!steps.authorize({ headers: req.headers, query: q < 0 ? {} : options.parseQuery(url.slice(q + 1)) }, path, reply)) return;
+    // A throw in a step becomes the error handler's answer, as express's router makes it.
+    const receive = (body: unknown, raw: Buffer | undefined): void => {
+      try {
+        steps.receive(txnId, body, raw, reply, fail);
+      } catch (err) {
+        fail(err);
+      }
+    };
+    if (!steps.authorize({ headers: req.headers, query }, path, reply)) return;
     // body-parser leaves a request without a body unread, with an empty object as its body.
     if (req.headers["transfer-encoding"] === undefined && Number.isNaN(Number(req.headers["content-length"]))) {
-      return steps.receive(txnId, {}, undefined, reply, fail);
+      return receive({}, undefined);
     }
     readBody(req, options.maxBodyBytes, (result) => {
       if (!Buffer.isBuffer(result)) return fail(result);
@@ -86,7 +96,7 @@ export function leanTransactionListener(steps: TransactionSteps, options: LeanOp
       } catch {
         return fail(NOT_JSON);
       }
-      steps.receive(txnId, body, result, reply, fail);
+      receive(body, result);
     });
   };
 }

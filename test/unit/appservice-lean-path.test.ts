@@ -42,10 +42,11 @@ async function startTarget(leanInFront: boolean): Promise<Target> {
   const calls: Call[] = [];
   const app = createAppserviceApp(
     {
-      onTransaction: async (txnId, events, raw) => {
-        if (txnId === "explode") throw new Error("the disk is on fire");
+      onTransaction: (txnId, events, raw) => {
+        if (txnId === "explode") return Promise.reject(new Error("the disk is on fire"));
+        if (txnId === "throw") throw new Error("a handler that throws before it returns a promise");
         calls.push({ txnId, events, raw: raw?.toString("base64") });
-        return "accepted";
+        return Promise.resolve("accepted");
       },
       onUserQuery: async () => false,
       onPing: () => undefined,
@@ -99,6 +100,8 @@ function send(port: number, r: RawRequest): Promise<RawResponse | undefined> {
     const received: Buffer[] = [];
     socket.on("data", (d: Buffer) => received.push(d));
     socket.on("error", reject);
+    // A server that never answers shows up as "no answer", not as a test hanging until jest's timeout.
+    socket.setTimeout(5000, () => socket.destroy());
     socket.on("close", () => {
       const text = Buffer.concat(received).toString("utf8");
       if (text === "") return resolve(undefined);
@@ -527,6 +530,13 @@ const cases: Case[] = [
   {
     name: "a handler that fails",
     request: { path: "/_matrix/app/v1/transactions/explode", headers: auth, body: txn(60) },
+    leanPath: true,
+    status: 500,
+    errcode: "M_UNKNOWN",
+  },
+  {
+    name: "a handler that throws at once",
+    request: { path: "/_matrix/app/v1/transactions/throw", headers: auth, body: txn(61) },
     leanPath: true,
     status: 500,
     errcode: "M_UNKNOWN",
