@@ -8,6 +8,7 @@
 import { connect } from "node:net";
 import { createServer, type Server } from "node:http";
 import { gzipSync } from "node:zlib";
+import fc from "fast-check";
 import { createAppserviceApp } from "../../src/appservice/http";
 import { RefusalLog } from "../../src/appservice/auth";
 import { createLogger } from "../../src/logging";
@@ -594,6 +595,56 @@ describe("the lean transaction path answers as the express app does", () => {
       }),
     ]);
     expect((await send(lean.port, { path: "/_matrix/app/v1/transactions/after", headers: auth, body: txn(90) }))?.status).toBe(200);
+  });
+
+  it("answers random paths, queries, headers and bodies alike", async () => {
+    const taken = { lean: 0, express: 0 };
+    const piece = fc.string({
+      unit: fc.constantFrom("a", "Z", "0", "-", ".", "/", "%", "2F", "E0", "?", "&", "=", "#", "[", "]", "+", "~", "é"),
+    });
+    const bodies = fc.oneof(
+      fc.nat(1000).map((n) => txn(n)),
+      fc.json(),
+      fc.string({ unit: "binary", maxLength: 40 }),
+      fc.constant(sized(LIMIT + 1)),
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom("/_matrix/app/v1/transactions/", "/transactions/", "/_Matrix/app/v1/transactions/", "/_matrix/app/v1/transactions"),
+        piece,
+        fc.option(
+          fc.oneof(
+            piece,
+            fc.constant(`access_token=${encodedToken}`),
+            piece.map((p) => `access_token=${p}`),
+          ),
+        ),
+        fc.constantFrom(
+          undefined,
+          "application/json",
+          "application/json; charset=utf-8",
+          "application/json;charset=UTF-8",
+          "text/plain",
+          "application/json; charset=utf-16",
+        ),
+        fc.constantFrom(undefined, `Bearer ${HS_TOKEN}`, "Bearer wrong"),
+        bodies,
+        async (prefix, segment, query, contentType, authorization, body) => {
+          const headers: Record<string, string> = {};
+          if (contentType) headers["Content-Type"] = contentType;
+          if (authorization) headers.Authorization = authorization;
+          const request: RawRequest = { path: `${prefix}${segment}${query === null ? "" : `?${query}`}`, headers, body };
+          const [fromLean, fromExpress] = await Promise.all([observe(lean, request), observe(reference, request)]);
+          expect({ ...fromLean, expressSaw: undefined }).toEqual({ ...fromExpress, expressSaw: undefined });
+          expect(fromLean.response).toBeDefined();
+          taken[fromLean.expressSaw === 0 ? "lean" : "express"]++;
+        },
+      ),
+      { numRuns: 150 },
+    );
+    // Both paths were exercised, not just the fallback.
+    expect(taken.lean).toBeGreaterThan(15);
+    expect(taken.express).toBeGreaterThan(15);
   });
 
   it("keeps the raw body byte for byte, byte order mark included", async () => {
