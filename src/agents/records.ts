@@ -68,6 +68,11 @@ export class AgentRecords {
   private readonly records = new Map<string, AgentRecord>();
   /** Names in order, kept while no name is added: callers list the records far more often than agents appear. */
   private sorted: string[] | undefined;
+  /**
+   * Each record's line of `agents.json`, made when the record changes: a rewrite while a thousand
+   * agents onboard serialises only the few that changed since the last one, not all of them.
+   */
+  private readonly lines = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
   /** Records changed since the file was last written. */
   private dirty = false;
@@ -87,6 +92,7 @@ export class AgentRecords {
   load(): void {
     const file = this.state.readJson(AGENTS_FILE, fileSchema);
     this.records.clear();
+    this.lines.clear();
     this.sorted = undefined;
     for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
     this.journalSeq = file?.journalSeq ?? 0;
@@ -116,6 +122,7 @@ export class AgentRecords {
       const { seq, name, record } = parsed.data;
       if (seq <= covered) return;
       this.records.set(name, record);
+      this.lines.delete(name);
       this.journalSeq = Math.max(this.journalSeq, seq);
       this.dirty = true;
     });
@@ -148,6 +155,7 @@ export class AgentRecords {
     if (previous && sameRecord(previous, next)) return previous;
     if (!previous) this.sorted = undefined;
     this.records.set(name, next);
+    this.lines.delete(name);
     this.dirty = true;
     if (options.durable && this.loaded) this.append(name, next);
     this.schedule();
@@ -164,7 +172,11 @@ export class AgentRecords {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (!this.loaded || !this.dirty) return;
-    const lines = this.entries().map(([name, record]) => `${JSON.stringify(name)}: ${JSON.stringify(record)}`);
+    const lines = this.entries().map(([name, record]) => {
+      let line = this.lines.get(name);
+      if (line === undefined) this.lines.set(name, (line = `${JSON.stringify(name)}: ${JSON.stringify(record)}`));
+      return line;
+    });
     this.state.writeText(AGENTS_FILE, `{"version": 1, "journalSeq": ${this.journalSeq}, "agents": {\n${lines.join(",\n")}\n}}\n`);
     this.dirty = false;
     // Everything in the journal is in the file now (which is on disk): a crash before this line
