@@ -9,7 +9,7 @@ export type { Logger };
 
 const REDACTED = "[redacted]";
 
-const SECRET_KEYS = [
+const SECRET_KEYS = new Set([
   "as_token",
   "hs_token",
   "access_token",
@@ -21,28 +21,68 @@ const SECRET_KEYS = [
   "registration_shared_secret",
   "authorization",
   "Authorization",
-];
+]);
+
+/**
+ * The fields a log line may carry, with every value under a secret key replaced, at the top level
+ * and two levels down (where a request's options or an error's details put them). The caller's
+ * objects are never changed: a level holding a secret key is copied. pino's `redact` option would
+ * do the same with wildcard paths (`*.*.token`), at seven times the cost of a whole log line.
+ */
+export function redactSecretKeys(fields: Record<string, unknown>, depth = 0): Record<string, unknown> {
+  let out: Record<string, unknown> | undefined;
+  for (const key of Object.keys(fields)) {
+    const value = fields[key];
+    let next = value;
+    if (SECRET_KEYS.has(key)) next = REDACTED;
+    else if (depth < 2 && value !== null && typeof value === "object" && !(value instanceof Date) && !Buffer.isBuffer(value)) {
+      next = redactSecretKeys(value as Record<string, unknown>, depth + 1);
+    }
+    if (next !== value) {
+      out ??= Array.isArray(fields) ? ([...fields] as unknown as Record<string, unknown>) : { ...fields };
+      out[key] = next;
+    }
+  }
+  return out ?? fields;
+}
 
 /** Secrets shorter than this are refused: they would match ordinary words. */
 const MIN_SECRET = 8;
+
+/** Multiplier of the rolling hash over MIN_SECRET characters, and its (MIN_SECRET - 1)th power mod 2^32. */
+const HASH_BASE = 0x01000193;
+const HASH_TOP = Array.from({ length: MIN_SECRET - 1 }).reduce<number>((p) => Math.imul(p, HASH_BASE), 1);
+
+/** The rolling hash of `text.slice(end - MIN_SECRET, end)`, computed directly. */
+function windowHash(text: string, end: number): number {
+  let h = 0;
+  for (let i = end - MIN_SECRET; i < end; i++) h = (Math.imul(h, HASH_BASE) + text.charCodeAt(i)) | 0;
+  return h;
+}
 
 /**
  * Replaces every registered secret wherever it appears in a line. A hive registers one access
  * token per agent, so both costs are independent of how many there are: `add` is O(1) (no pattern
  * to rebuild), and `scrub` looks up the last MIN_SECRET characters ending at each position of the
- * line in a map, comparing whole secrets only where such a tail matches.
+ * line, comparing whole secrets only where such a tail matches. Every log line goes through it,
+ * and hardly any holds a secret: the tails are screened by a rolling hash (a number updated per
+ * character, no substring made), and only a hash that some secret's tail has is looked up.
  */
 export class SecretScrubber {
   /** Secrets by their last MIN_SECRET characters (random in every token format we meet). */
   private readonly byTail = new Map<string, string[]>();
+  /** The rolling hashes of those tails. */
+  private readonly tailHashes = new Set<number>();
 
   /** Remembers a secret so that it is replaced in every later log line. Short values are refused. */
   add(secret: string | undefined | null): void {
     if (!secret || secret.length < MIN_SECRET) return;
     const tail = secret.slice(-MIN_SECRET);
     const list = this.byTail.get(tail);
-    if (!list) this.byTail.set(tail, [secret]);
-    else if (!list.includes(secret)) {
+    if (!list) {
+      this.byTail.set(tail, [secret]);
+      this.tailHashes.add(windowHash(tail, MIN_SECRET));
+    } else if (!list.includes(secret)) {
       list.push(secret);
       // Longest first: a secret that ends another one is replaced whole.
       list.sort((a, b) => b.length - a.length);
@@ -50,10 +90,15 @@ export class SecretScrubber {
   }
 
   scrub(line: string): string {
-    if (this.byTail.size === 0) return line;
+    if (this.byTail.size === 0 || line.length < MIN_SECRET) return line;
     // Matches as [start, end), found by their end; the longest wins where two overlap.
     const found: [number, number][] = [];
+    let h = windowHash(line, MIN_SECRET);
     for (let end = MIN_SECRET; end <= line.length; end++) {
+      if (end > MIN_SECRET) {
+        h = (Math.imul(h - Math.imul(line.charCodeAt(end - MIN_SECRET - 1), HASH_TOP), HASH_BASE) + line.charCodeAt(end - 1)) | 0;
+      }
+      if (!this.tailHashes.has(h)) continue;
       const candidates = this.byTail.get(line.slice(end - MIN_SECRET, end));
       if (!candidates) continue;
       const secret = candidates.find((s) => s.length <= end && line.startsWith(s, end - s.length));
@@ -129,10 +174,6 @@ export interface LoggerOptions {
 export function createLogger(options: LoggerOptions = {}): { logger: Logger; scrubber: SecretScrubber; ring: LogRing } {
   const scrubber = options.scrubber ?? new SecretScrubber();
   const ring = options.ring ?? new LogRing();
-  const redact = {
-    paths: [...SECRET_KEYS, ...SECRET_KEYS.map((k) => `*.${k}`), ...SECRET_KEYS.map((k) => `*.*.${k}`)],
-    censor: REDACTED,
-  };
   const hooks = {
     streamWrite: (line: string) => {
       const scrubbed = scrubber.scrub(line);
@@ -152,7 +193,15 @@ export function createLogger(options: LoggerOptions = {}): { logger: Logger; scr
     }
   }
   const logger = pino(
-    { level: options.level ?? "info", redact, hooks, base: { name: "hive-matrix" } },
+    {
+      level: options.level ?? "info",
+      // Top-level keys by pino's redact, which also covers child loggers' bindings (cheap without
+      // wildcards); the fields of each line, nested ones included, by redactSecretKeys.
+      redact: { paths: [...SECRET_KEYS], censor: REDACTED },
+      formatters: { log: (fields: Record<string, unknown>) => redactSecretKeys(fields) },
+      hooks,
+      base: { name: "hive-matrix" },
+    },
     (destination ?? pino.destination({ sync: false })) as pino.DestinationStream,
   );
   rings.set(logger, ring);
