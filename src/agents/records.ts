@@ -73,6 +73,8 @@ export class AgentRecords {
    * agents onboard serialises only the few that changed since the last one, not all of them.
    */
   private readonly lines = new Map<string, string>();
+  /** Records by state, kept as records change: the gauge asks after every agent's run. */
+  private readonly counts = new Map<AgentState, number>();
   private timer: NodeJS.Timeout | undefined;
   /** Records changed since the file was last written. */
   private dirty = false;
@@ -93,8 +95,9 @@ export class AgentRecords {
     const file = this.state.readJson(AGENTS_FILE, fileSchema);
     this.records.clear();
     this.lines.clear();
+    this.counts.clear();
     this.sorted = undefined;
-    for (const [name, record] of Object.entries(file?.agents ?? {})) this.records.set(name, record);
+    for (const [name, record] of Object.entries(file?.agents ?? {})) this.put(name, record);
     this.journalSeq = file?.journalSeq ?? 0;
     const covered = this.journalSeq;
     const path = this.state.path(AGENTS_JOURNAL);
@@ -121,8 +124,7 @@ export class AgentRecords {
       }
       const { seq, name, record } = parsed.data;
       if (seq <= covered) return;
-      this.records.set(name, record);
-      this.lines.delete(name);
+      this.put(name, record);
       this.journalSeq = Math.max(this.journalSeq, seq);
       this.dirty = true;
     });
@@ -154,8 +156,7 @@ export class AgentRecords {
     if (next.state !== "failed") delete next.reason;
     if (previous && sameRecord(previous, next)) return previous;
     if (!previous) this.sorted = undefined;
-    this.records.set(name, next);
-    this.lines.delete(name);
+    this.put(name, next);
     this.dirty = true;
     if (options.durable && this.loaded) this.append(name, next);
     this.schedule();
@@ -163,9 +164,16 @@ export class AgentRecords {
   }
 
   countsByState(): Record<AgentState, number> {
-    const counts = Object.fromEntries(AGENT_STATES.map((s) => [s, 0])) as Record<AgentState, number>;
-    for (const record of this.records.values()) counts[record.state]++;
-    return counts;
+    return Object.fromEntries(AGENT_STATES.map((s) => [s, this.counts.get(s) ?? 0])) as Record<AgentState, number>;
+  }
+
+  /** The one place a record is stored: keeps the counts and the cached line in step with it. */
+  private put(name: string, record: AgentRecord): void {
+    const previous = this.records.get(name);
+    if (previous) this.counts.set(previous.state, (this.counts.get(previous.state) ?? 0) - 1);
+    this.counts.set(record.state, (this.counts.get(record.state) ?? 0) + 1);
+    this.records.set(name, record);
+    this.lines.delete(name);
   }
 
   flush(): void {

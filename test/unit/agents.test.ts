@@ -1,7 +1,7 @@
 import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { execFileSync, spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { AgentRecords } from "../../src/agents/records";
+import { AGENT_STATES, AgentRecords } from "../../src/agents/records";
 import { restartArgv, runRestart } from "../../src/agents/restart";
 import { checkStateDir, readTokenFile, StateDirError, tokenFileStatus, writeTokenFile } from "../../src/agents/token-file";
 import { StateError, StateStore } from "../../src/store/state-store";
@@ -192,6 +192,33 @@ describe("agent records", () => {
     expect(again.get("alpha")).toMatchObject({ state: "token_written", source: "discovered" });
     expect(again.get("beta")).toMatchObject({ state: "failed", reason: "boom" });
     expect(again.countsByState()).toMatchObject({ token_written: 1, failed: 1, joined: 0 });
+  });
+
+  it("keep their counts by state in step through changes, a journal replay and a reload", () => {
+    const store = new StateStore(tempDir());
+    store.init();
+    const records = new AgentRecords(store, (err) => {
+      throw err;
+    });
+    records.load();
+    const recount = (r: AgentRecords): Record<string, number> => {
+      const counts: Record<string, number> = Object.fromEntries(AGENT_STATES.map((s) => [s, 0]));
+      for (const [, record] of r.entries()) counts[record.state]++;
+      return counts;
+    };
+    for (let i = 0; i < 20; i++) records.set(`a${i}`, { userId: `@agent-a${i}:h`, state: "pending" });
+    for (let i = 0; i < 20; i += 2) records.set(`a${i}`, { userId: `@agent-a${i}:h`, state: "token_written" });
+    for (let i = 0; i < 20; i += 4) records.set(`a${i}`, { userId: `@agent-a${i}:h`, state: "joined" });
+    records.set("a1", { userId: "@agent-a1:h", state: "failed", reason: "boom" });
+    records.flush();
+    // After the flush: in the journal only, replayed on load.
+    records.set("a3", { userId: "@agent-a3:h", state: "removed" }, { durable: true });
+    expect(records.countsByState()).toEqual(recount(records));
+    expect(records.countsByState()).toMatchObject({ pending: 8, token_written: 5, joined: 5, failed: 1, removed: 1 });
+    const again = new AgentRecords(store, () => undefined);
+    again.load();
+    expect(again.countsByState()).toEqual(recount(again));
+    expect(again.countsByState()).toEqual(records.countsByState());
   });
 
   it("an update that changes nothing writes nothing; the file holds one agent per line", () => {
