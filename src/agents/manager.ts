@@ -18,7 +18,7 @@ import { AgentWatcher } from "./watcher";
 import { agentStateDir, discoverAgents } from "./discovery";
 import { agentIdentityProblem, agentLocalpart, agentRefusal, agentUserId, sameUser } from "./names";
 import { AgentRecords, type AgentRecord, type AgentState } from "./records";
-import { runRestart } from "./restart";
+import { Restarter } from "./restart";
 import { agentDeviceId, checkToken, freshSession, revokeAll } from "./sessions";
 import { checkStateDir, readTokenFile, StateDirError, writeTokenFile } from "./token-file";
 
@@ -99,6 +99,8 @@ export class AgentManager extends EventEmitter {
   /** The onboarding pass under way: when it started and each agent's outcome (an agent may converge more than once in a pass). */
   private batch = { started: 0, outcomes: new Map<string, Outcome>() };
   private idleWaiters: (() => void)[] = [];
+  /** Runs the daemon restarts through one fork server, ended by stop(). */
+  readonly restarter = new Restarter();
 
   constructor(private readonly deps: AgentManagerDeps) {
     super();
@@ -136,6 +138,7 @@ export class AgentManager extends EventEmitter {
     for (const [, job] of this.queue) job.waiters.forEach((w) => w.resolve(undefined));
     this.queue.clear();
     await this.idle();
+    await this.restarter.close();
     this.records.flush();
     this.records.close();
   }
@@ -538,7 +541,7 @@ export class AgentManager extends EventEmitter {
       `agent ${name} provisioned: token written`,
     );
 
-    const restart = await runRestart(config.agents.restartCommand, name, config.agents.restartTimeoutSeconds * 1000);
+    const restart = await this.restarter.run(config.agents.restartCommand, name, config.agents.restartTimeoutSeconds * 1000);
     if (!restart.ok)
       this.log.warn(
         { agent: name },

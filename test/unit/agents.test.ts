@@ -2,7 +2,6 @@ import { chmodSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, s
 import { execFileSync, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { AGENT_STATES, AgentRecords } from "../../src/agents/records";
-import { restartArgv, runRestart } from "../../src/agents/restart";
 import { checkStateDir, readTokenFile, StateDirError, tokenFileStatus, writeTokenFile } from "../../src/agents/token-file";
 import { StateError, StateStore } from "../../src/store/state-store";
 import { tempDir } from "../support/tmp";
@@ -148,31 +147,6 @@ describe("token file status (for !hive agent info)", () => {
       "missing",
       "none",
     ]);
-  });
-});
-
-describe("restart command", () => {
-  it("replaces {name} in every argument, no shell", () => {
-    expect(restartArgv(["systemctl", "restart", "hive-matrix-daemon@{name}"], "alpha")).toEqual([
-      "systemctl",
-      "restart",
-      "hive-matrix-daemon@alpha",
-    ]);
-  });
-
-  it("reports success, a failing status with stderr, a missing command and a timeout", async () => {
-    expect(await runRestart(["true"], "a", 5000)).toMatchObject({ ok: true });
-    expect(await runRestart(["sh", "-c", "echo broken >&2; exit 3", "{name}"], "a", 5000)).toMatchObject({
-      ok: false,
-      problem: "`sh` exited with status 3: broken",
-    });
-    expect(await runRestart(["/no/such/cmd"], "a", 5000)).toMatchObject({ ok: false, problem: "`/no/such/cmd` was not found" });
-    expect(await runRestart(["sleep", "5"], "a", 200)).toMatchObject({
-      ok: false,
-      problem: expect.stringMatching(/did not finish within/),
-    });
-    // A name with shell syntax is one literal argument.
-    expect(await runRestart(["test", "{name}", "=", "$(id);x"], "$(id);x", 5000)).toMatchObject({ ok: true });
   });
 });
 
