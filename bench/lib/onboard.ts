@@ -4,10 +4,12 @@
  * token file, then until every agent has joined both rooms. Also the shared main instance that
  * later scenarios (reconcile, command) reuse.
  */
+import { readFileSync } from "node:fs";
+import { FORK_SERVER_NAME } from "../../src/agents/fork-server";
 import type { BenchContext, OnboardedHive } from "./context";
 import type { RunningHive } from "./hive";
 import type { AgentGoal, AgentWait, RequestSnapshot } from "./protocol";
-import { cpuMs, cpuSplitMs, threadCpuMs } from "./proc";
+import { cpuMs, cpuSplitMs, forkServerCpuMs, forkServerPid, threadCpuMs } from "./proc";
 import { diffRequests, type RequestDiff } from "./requests";
 import { elapsedMs, now } from "./stats";
 
@@ -15,7 +17,12 @@ export interface Phase {
   /** Wall time from the start of onboarding to the end of the phase. */
   endMs: number;
   requests: RequestDiff;
-  cpuMs: { service: number; synapse: number };
+  /**
+   * `hiveMatrix`: the service process plus what its fork server costs (forkServer.counted), the
+   * figure to hold against the goal; `service`: the service process alone.
+   */
+  cpuMs: { hiveMatrix: number; service: number; synapse: number };
+  forkServer: ForkServerCpu;
   /** The service's CPU split into user and system time. */
   serviceSplitMs: { user: number; system: number };
   /** The service's CPU by thread ("main", "libuv-worker", V8's helpers), of threads alive at both ends. */
@@ -35,11 +42,69 @@ export interface OnboardMeasurement {
   joinedMs: number;
 }
 
+/**
+ * The fork server that runs the restart commands (src/agents/fork-server.ts), in CPU ms. `own`:
+ * the shell itself. `children`: the shells it forks per restart plus the restart commands they
+ * run. `restartCommands`: what the commands say they used (the `fleet` instances' command logs its
+ * own run time; null where the command does not), never counted for hive-matrix, as a command
+ * spawned by the service was not either (a child's CPU is not in its parent's utime/stime).
+ * `counted` = own + children − restartCommands, or own + children when the commands do not say.
+ */
+export interface ForkServerCpu {
+  own: number;
+  children: number;
+  restartCommands: number | null;
+  counted: number;
+}
+
+/**
+ * Run time of the restart commands so far, from the log the `fleet` instances' command appends
+ * to: `<name> <ns>`, its run time from /proc/self/schedstat (bench/lib/hive.ts). Null when no
+ * command logged one.
+ */
+function restartCommandsMs(hive: RunningHive): number | null {
+  let log: string;
+  try {
+    log = readFileSync(hive.spec.restartLog, "utf8");
+  } catch {
+    return null;
+  }
+  let ns = 0;
+  let logged = 0;
+  for (const line of log.split("\n")) {
+    const t = Number(line.split(" ")[1]);
+    if (line && Number.isFinite(t) && t > 0) {
+      ns += t;
+      logged++;
+    }
+  }
+  return logged > 0 ? ns / 1e6 : null;
+}
+
 interface Snapshot {
   requests: RequestSnapshot;
   service: { user: number; system: number };
+  forkServer: { pid: number | undefined; own: number; children: number };
+  restartCommands: number | null;
   threads: Record<string, number>;
   synapse: number;
+}
+
+function forkServerSnapshot(hive: RunningHive): Pick<Snapshot, "forkServer" | "restartCommands"> {
+  // The commands' log first: a command logged after the fork server was read would be subtracted
+  // without its CPU being in the fork server's figure.
+  const restartCommands = restartCommandsMs(hive);
+  const pid = forkServerPid(hive.host.pid, FORK_SERVER_NAME);
+  return { forkServer: { pid, ...forkServerCpuMs(pid) }, restartCommands };
+}
+
+function forkServerDelta(from: Snapshot, to: Snapshot): ForkServerCpu {
+  // A fork server started (or started anew) within the phase counts from zero.
+  const base = from.forkServer.pid === to.forkServer.pid ? from.forkServer : { own: 0, children: 0 };
+  const own = to.forkServer.own - base.own;
+  const children = to.forkServer.children - base.children;
+  const restartCommands = to.restartCommands === null ? null : to.restartCommands - (from.restartCommands ?? 0);
+  return { own, children, restartCommands, counted: own + children - (restartCommands ?? 0) };
 }
 
 export function waitTimeoutMs(agents: number): number {
@@ -61,17 +126,20 @@ export async function onboardAgents(hive: RunningHive, names: string[], synapseP
     service: cpuSplitMs(hive.host.pid),
     threads: threadCpuMs(hive.host.pid),
     synapse: cpuMs(synapsePid),
+    ...forkServerSnapshot(hive),
   });
-  const phase = (from: Snapshot, to: Snapshot, endMs: number): Phase => ({
-    endMs,
-    requests: diffRequests(from.requests, to.requests),
-    cpuMs: {
-      service: to.service.user + to.service.system - from.service.user - from.service.system,
-      synapse: to.synapse - from.synapse,
-    },
-    serviceSplitMs: { user: to.service.user - from.service.user, system: to.service.system - from.service.system },
-    serviceThreadsMs: Object.fromEntries(Object.entries(to.threads).map(([name, ms]) => [name, ms - (from.threads[name] ?? 0)])),
-  });
+  const phase = (from: Snapshot, to: Snapshot, endMs: number): Phase => {
+    const service = to.service.user + to.service.system - from.service.user - from.service.system;
+    const forkServer = forkServerDelta(from, to);
+    return {
+      endMs,
+      requests: diffRequests(from.requests, to.requests),
+      cpuMs: { hiveMatrix: service + forkServer.counted, service, synapse: to.synapse - from.synapse },
+      forkServer,
+      serviceSplitMs: { user: to.service.user - from.service.user, system: to.service.system - from.service.system },
+      serviceThreadsMs: Object.fromEntries(Object.entries(to.threads).map(([name, ms]) => [name, ms - (from.threads[name] ?? 0)])),
+    };
+  };
 
   const s0 = await snapshot();
   const started = now();

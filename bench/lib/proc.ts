@@ -57,3 +57,77 @@ export function threadCpuMs(pid: number | undefined): Record<string, number> {
   }
   return out;
 }
+
+/** Fields 14–17 of /proc/<pid>/stat in ms: own user + system, and that of its reaped children. */
+function cpuOwnAndChildrenMs(pid: number): { own: number; children: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat
+      .slice(stat.lastIndexOf(")") + 2)
+      .split(" ")
+      .map(Number);
+    const ms = (ticks: number): number => (ticks / TICKS_PER_SECOND) * 1000;
+    return { own: ms(f[11] + f[12]), children: ms(f[13] + f[14]) };
+  } catch {
+    return undefined;
+  }
+}
+
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        out.push(...readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").split(" ").filter(Boolean).map(Number));
+      } catch {
+        /* the thread ended meanwhile */
+      }
+    }
+  } catch {
+    /* the process ended */
+  }
+  return out;
+}
+
+/** The service's fork server (src/agents/fork-server.ts: a shell with FORK_SERVER_NAME as its $0), if it runs. */
+export function forkServerPid(servicePid: number | undefined, name: string): number | undefined {
+  if (servicePid === undefined) return undefined;
+  return childPids(servicePid).find((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(name);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * CPU ms of the fork server `pid`: its own, and that of everything below it (the shells it forks
+ * per restart and the restart commands they run): reaped (its cutime), or alive or zombie still.
+ */
+export function forkServerCpuMs(pid: number | undefined): { own: number; children: number } {
+  if (pid === undefined) return { own: 0, children: 0 };
+  const tree = childPids(pid);
+  for (let i = 0; i < tree.length; i++) tree.push(...childPids(tree[i]));
+  // Deepest first, the fork server last: a process reaped between two reads is then counted twice
+  // (alive, and in its parent's cutime), never not at all.
+  let children = 0;
+  for (const below of tree.reverse()) {
+    const c = cpuOwnAndChildrenMs(below);
+    if (c) children += c.own + c.children;
+  }
+  const self = cpuOwnAndChildrenMs(pid);
+  return self ? { own: self.own, children: children + self.children } : { own: 0, children: 0 };
+}
+
+/** Resident memory of `pid` in bytes (VmRSS, RssAnon); null when /proc cannot tell. */
+export function rssBytes(pid: number | undefined): { rss: number; rssAnon: number } | null {
+  if (pid === undefined) return null;
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN) * 1024;
+    return { rss: kb("VmRSS"), rssAnon: kb("RssAnon") };
+  } catch {
+    return null;
+  }
+}
