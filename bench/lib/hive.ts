@@ -76,13 +76,10 @@ export async function prepareHive(
     operators,
     // argv, no shell for hive-matrix: the agent name reaches sh as $1, never as code. `true` for the
     // main instance, whose onboarding is compared with the older flow running the same command.
-    // The others log the name and the command's own run time so far (ns, /proc/self/schedstat),
-    // which the bench keeps out of hive-matrix's CPU (bench/lib/onboard.ts).
     agents: {
       stateRoot,
       localpart: identity.template,
-      restartCommand:
-        kind === "main" ? ["true"] : ["sh", "-c", 't=; read -r t _ < /proc/self/schedstat; echo "$1 $t" >> "$0"', restartLog, "{name}"],
+      restartCommand: kind === "main" ? ["true"] : ["sh", "-c", 'echo "$1" >> "$0"', restartLog, "{name}"],
     },
     // The bench triggers reconciles itself; a periodic one must not land inside a measurement.
     rooms: { chat: { alias: identity.alias }, space: { alias: identity.spaceAlias }, reconcileIntervalSeconds: 0 },

@@ -45,66 +45,53 @@ export interface OnboardMeasurement {
 /**
  * The fork server that runs the restart commands (src/agents/fork-server.ts), in CPU ms. `own`:
  * the shell itself. `children`: the shells it forks per restart plus the restart commands they
- * run. `restartCommands`: what the commands say they used (the `fleet` instances' command logs its
- * own run time; null where the command does not), never counted for hive-matrix, as a command
- * spawned by the service was not either (a child's CPU is not in its parent's utime/stime).
- * `counted` = own + children − restartCommands, or own + children when the commands do not say.
+ * run. `restartCommands`: the commands' own share of it, `restarts` × the command's CPU measured
+ * alone (see commandCpuMs); it is not hive-matrix's, as a command spawned by the service never
+ * counted either (a child's CPU is not in its parent's utime/stime). Null where not measured.
+ * `counted` = own + children − restartCommands: all of it when the commands were not measured.
  */
 export interface ForkServerCpu {
   own: number;
   children: number;
+  restarts: number | null;
   restartCommands: number | null;
   counted: number;
 }
 
-/**
- * Run time of the restart commands so far, from the log the `fleet` instances' command appends
- * to: `<name> <ns>`, its run time from /proc/self/schedstat (bench/lib/hive.ts). Null when no
- * command logged one.
- */
-function restartCommandsMs(hive: RunningHive): number | null {
-  let log: string;
+/** Restart commands run so far, by the log the `fleet` instances' command appends to; null without one. */
+function restartsLogged(hive: RunningHive): number | null {
   try {
-    log = readFileSync(hive.spec.restartLog, "utf8");
+    return readFileSync(hive.spec.restartLog, "utf8").split("\n").filter(Boolean).length;
   } catch {
     return null;
   }
-  let ns = 0;
-  let logged = 0;
-  for (const line of log.split("\n")) {
-    const t = Number(line.split(" ")[1]);
-    if (line && Number.isFinite(t) && t > 0) {
-      ns += t;
-      logged++;
-    }
-  }
-  return logged > 0 ? ns / 1e6 : null;
 }
 
 interface Snapshot {
   requests: RequestSnapshot;
   service: { user: number; system: number };
   forkServer: { pid: number | undefined; own: number; children: number };
-  restartCommands: number | null;
+  restarts: number | null;
   threads: Record<string, number>;
   synapse: number;
 }
 
-function forkServerSnapshot(hive: RunningHive): Pick<Snapshot, "forkServer" | "restartCommands"> {
-  // The commands' log first: a command logged after the fork server was read would be subtracted
-  // without its CPU being in the fork server's figure.
-  const restartCommands = restartCommandsMs(hive);
+function forkServerSnapshot(hive: RunningHive): Pick<Snapshot, "forkServer" | "restarts"> {
+  // The log first: a restart logged after the fork server was read would be subtracted without
+  // its CPU being in the fork server's figure.
+  const restarts = restartsLogged(hive);
   const pid = forkServerPid(hive.host.pid, FORK_SERVER_NAME);
-  return { forkServer: { pid, ...forkServerCpuMs(pid) }, restartCommands };
+  return { forkServer: { pid, ...forkServerCpuMs(pid) }, restarts };
 }
 
-function forkServerDelta(from: Snapshot, to: Snapshot): ForkServerCpu {
+function forkServerDelta(from: Snapshot, to: Snapshot, commandMs: number | undefined): ForkServerCpu {
   // A fork server started (or started anew) within the phase counts from zero.
   const base = from.forkServer.pid === to.forkServer.pid ? from.forkServer : { own: 0, children: 0 };
   const own = to.forkServer.own - base.own;
   const children = to.forkServer.children - base.children;
-  const restartCommands = to.restartCommands === null ? null : to.restartCommands - (from.restartCommands ?? 0);
-  return { own, children, restartCommands, counted: own + children - (restartCommands ?? 0) };
+  const restarts = to.restarts === null ? null : to.restarts - (from.restarts ?? 0);
+  const restartCommands = restarts === null || commandMs === undefined ? null : restarts * commandMs;
+  return { own, children, restarts, restartCommands, counted: own + children - (restartCommands ?? 0) };
 }
 
 export function waitTimeoutMs(agents: number): number {
@@ -119,7 +106,16 @@ export async function settle(hive: RunningHive): Promise<void> {
   await hive.host.call({ op: "reconcile", reason: "bench: rooms in place before the clock" });
 }
 
-export async function onboardAgents(hive: RunningHive, names: string[], synapsePid: number | undefined): Promise<OnboardMeasurement> {
+/**
+ * `restartCommandMs`: CPU of one run of the hive's restart command alone (commandCpuMs), kept out
+ * of hive-matrix's CPU; without it, everything below the fork server counts.
+ */
+export async function onboardAgents(
+  hive: RunningHive,
+  names: string[],
+  synapsePid: number | undefined,
+  restartCommandMs?: number,
+): Promise<OnboardMeasurement> {
   await settle(hive);
   const snapshot = async (): Promise<Snapshot> => ({
     requests: await hive.host.call({ op: "requests" }),
@@ -130,7 +126,7 @@ export async function onboardAgents(hive: RunningHive, names: string[], synapseP
   });
   const phase = (from: Snapshot, to: Snapshot, endMs: number): Phase => {
     const service = to.service.user + to.service.system - from.service.user - from.service.system;
-    const forkServer = forkServerDelta(from, to);
+    const forkServer = forkServerDelta(from, to, restartCommandMs);
     return {
       endMs,
       requests: diffRequests(from.requests, to.requests),

@@ -17,7 +17,8 @@ import type { HiveKind, RunningHive } from "../lib/hive";
 import { ChildHost } from "../lib/host";
 import { onboardAgents, waitTimeoutMs, type OnboardMeasurement, type Phase } from "../lib/onboard";
 import type { MemorySample, RequestSnapshot } from "../lib/protocol";
-import { cpuMs, forkServerCpuMs, forkServerPid, rssBytes } from "../lib/proc";
+import { commandCpuMs, cpuMs, forkServerCpuMs, forkServerPid, rssBytes } from "../lib/proc";
+import { restartArgv } from "../../src/agents/restart";
 import { FORK_SERVER_NAME } from "../../src/agents/fork-server";
 import type { MetricRow } from "../lib/report";
 import { diffRequests, type RequestDiff } from "../lib/requests";
@@ -85,6 +86,7 @@ function phaseDetails(p: Phase, n: number): Record<string, unknown> {
         own: round(p.forkServer.own / n),
         children: round(p.forkServer.children / n),
         restartCommands: p.forkServer.restartCommands === null ? null : round(p.forkServer.restartCommands / n),
+        restarts: p.forkServer.restarts,
       },
       serviceUser: round(p.serviceSplitMs.user / n),
       serviceSystem: round(p.serviceSplitMs.system / n),
@@ -135,6 +137,8 @@ interface FleetRun {
   /** The fork server's resident memory when `after` was taken (null when none ran). */
   forkServerAfter: { rss: number; rssAnon: number } | null;
   measured: OnboardMeasurement;
+  /** CPU ms of one run of the restart command alone. */
+  restartCommandMs: number;
   /** CPU ms per second of the service with every agent onboarded and nothing happening. */
   idleCpuMsPerS: number;
   /** The restart with every agent onboarded, and the same restart before any agent existed. */
@@ -206,7 +210,14 @@ async function measureFleet(
     let empty: RestartMeasurement | undefined;
     if (options.restart) ({ hive, measured: empty } = await restart(ctx, hive, [], nodeArgs));
     const names = ctx.names(prefix, n);
-    const measured = await onboardAgents(hive, names, ctx.synapse.synapse.pid);
+    // The restart command's own CPU, measured alone (into a scratch log, not the one that counts
+    // restarts), to keep it out of hive-matrix's.
+    const scratchLog = join(hive.spec.dir, "calibration.log");
+    const argv = restartArgv(hive.spec.config.agents.restartCommand, "calibration").map((a) =>
+      a === hive.spec.restartLog ? scratchLog : a,
+    );
+    const restartCommandMs = commandCpuMs(argv, n);
+    const measured = await onboardAgents(hive, names, ctx.synapse.synapse.pid, restartCommandMs);
     const after = await hive.host.call({ op: "memory" });
     const forkServerAfter = rssBytes(forkServerPid(hive.host.pid, FORK_SERVER_NAME));
     // What the service costs while nothing happens: anything here is charged to every phase, per
@@ -218,7 +229,15 @@ async function measureFleet(
     const idleCpuMsPerS = ((cpuMs(hive.host.pid) - idle0) / elapsedMs(idleStarted)) * 1000;
     let full: RestartMeasurement | undefined;
     if (options.restart) ({ hive, measured: full } = await restart(ctx, hive, names, nodeArgs));
-    return { atRest, after, forkServerAfter, measured, idleCpuMsPerS, restart: full && empty ? { full, empty } : undefined };
+    return {
+      atRest,
+      after,
+      forkServerAfter,
+      measured,
+      restartCommandMs,
+      idleCpuMsPerS,
+      restart: full && empty ? { full, empty } : undefined,
+    };
   } finally {
     await hive.stop();
   }
@@ -239,23 +258,22 @@ function restartDetails(r: RestartMeasurement): Record<string, unknown> {
 }
 
 /** How the fork server's CPU entered hive-matrix's, in numbers. */
-function forkServerNote(m: OnboardMeasurement, n: number): string {
+function forkServerNote(m: OnboardMeasurement, n: number, restartCommandMs: number): string {
   const part = (p: Phase): string => {
     const f = p.forkServer;
     return (
       `service ${round(p.cpuMs.service / n)} + fork server ${round(f.counted / n)} ms per agent (itself ${round(f.own / n)}, ` +
-      `the shells and commands below it ${round(f.children / n)}, ` +
-      (f.restartCommands === null ? "the commands not told apart" : `less the restart commands' own ${round(f.restartCommands / n)}`) +
-      ")"
+      `the shells and commands below it ${round(f.children / n)}, less ${f.restarts ?? "?"} restart commands × ${round(restartCommandMs)} ms)`
     );
   };
   return (
     "hive-matrix's CPU is the service process's plus its fork server's (the shell that forks and runs the restart commands, " +
     "src/agents/fork-server.ts): the shell itself and the per-restart shells it forks, which wait for each command. " +
     "The restart commands' own CPU is left out, as a command spawned by the service never counted (a child's CPU is not in " +
-    "its parent's utime/stime): each command logs its run time so far from /proc/self/schedstat, and that is subtracted from the " +
-    "CPU of everything below the fork server (reaped, alive or zombie); what a command used after logging stays counted. " +
-    `Token phase: ${part(m.tokens)}; rooms phase: ${part(m.rooms)}.`
+    "its parent's utime/stime): everything below the fork server (reaped, alive or zombie, from /proc) less the restarts " +
+    "counted in the restart log times the CPU of one run of the same command measured alone, just before the onboarding " +
+    "(a shell running it " +
+    `${n} times in a row, its children's CPU from \`times\`). Token phase: ${part(m.tokens)}; rooms phase: ${part(m.rooms)}.`
   );
 }
 
@@ -396,7 +414,7 @@ export const fleet: Scenario = {
         `${round(m.rooms.requests.total / n)} requests per agent: ${routes(m.rooms.requests, n)}; ` +
         `hive-matrix CPU ${round(m.rooms.cpuMs.hiveMatrix / n)} ms, Synapse CPU ${round(m.rooms.cpuMs.synapse / n)} ms per agent). ` +
         "CPU times are user + system from /proc/<pid>/stat, so they hold better than wall times on a loaded machine.",
-      forkServerNote(m, n),
+      forkServerNote(m, n, deployed.restartCommandMs),
       `The request floor (${REQUEST_FLOOR} per agent) is what the homeserver needs: /register (which returns the token), the display name, ` +
         "the Space's invite and join (invite-only), hive-chat's restricted join.",
       `Memory after a forced GC (node --expose-gc, gc() twice): ${round((deployed.after.rssFile ?? 0) / MB)} MB file-backed ` +
@@ -430,6 +448,7 @@ export const fleet: Scenario = {
       details: {
         agents: n,
         flags: DEPLOYED_FLAGS,
+        restartCommandCpuMs: round(deployed.restartCommandMs),
         onboarding: { tokens: phaseDetails(m.tokens, n), rooms: phaseDetails(m.rooms, n), states: m.wait.states },
         baseline: mb(base),
         hive: {
