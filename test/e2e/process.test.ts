@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
+import { FORK_SERVER_NAME } from "../../src/agents/fork-server";
 import { loadRegistration } from "../../src/registration";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { spawnService, waitReady, type ServiceProcess } from "../support/child";
@@ -24,6 +25,16 @@ async function whoami(token: string): Promise<number> {
 async function deviceCount(token: string): Promise<number> {
   const res = await fetch(`${env.homeserver.url}/_matrix/client/v3/devices`, { headers: { Authorization: `Bearer ${token}` } });
   return ((await res.json()) as { devices: unknown[] }).devices.length;
+}
+
+/** The pid of the fork server running `pid`'s restart commands, if there is one. */
+function forkServerOf(pid: number): number | undefined {
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").split(" ").filter(Boolean)) {
+      if (readFileSync(`/proc/${child}/cmdline`, "utf8").split("\0").includes(FORK_SERVER_NAME)) return Number(child);
+    }
+  }
+  return undefined;
 }
 
 /** Resolves as soon as the process writes a line that `match`es (checked on every chunk, not polled). */
@@ -68,8 +79,13 @@ describe("hive-matrix as a process", () => {
     const child = spawnService(config, join(config.stateDir, ".."));
     await waitReady(config.appservice.url, child);
     await until(() => names.some((n) => existsSync(tokenOf(n))), 30_000);
+    // A token written means its restart was handed to the fork server.
+    const forkServer = forkServerOf(child.proc.pid!);
+    expect(forkServer).toBeDefined();
     child.proc.kill("SIGTERM");
     expect(await child.exited).toBe(0);
+    // It ended with the service (its stdin closed on stop), leaving no helper behind.
+    expect(existsSync(`/proc/${forkServer}`)).toBe(false);
     const log = child.lines.join("\n");
     expect(log).toContain("hive-matrix stopped");
     expect(log).not.toContain(slot.asToken);
