@@ -89,6 +89,11 @@ describe("restart command", () => {
         ok: false,
         problem: "`sh` was killed by SIGTERM",
       });
+      // A command that looks like an option (spawned, not exec'd by a shell that would parse it).
+      expect(await restarter.run(["-no-such-command"], "a", 5000)).toMatchObject({
+        ok: false,
+        problem: "`-no-such-command` was not found",
+      });
       // A command that itself exits 127 is not taken for a missing one.
       expect(await restarter.run(["sh", "-c", "exit 127"], "a", 5000)).toMatchObject({ ok: false, problem: "`sh` exited with status 127" });
     });
