@@ -5,7 +5,13 @@
  * `MatrixError`. Nothing else in the code base talks HTTP to the homeserver.
  *
  * It uses node:http(s) rather than fetch: a thousand agents make thousands of requests, and fetch
- * costs several times the CPU per request (measured in `npm run bench`).
+ * costs several times the CPU per request (measured in `npm run bench`). Connections are kept alive
+ * and pooled (a connect and close per request cost hive-matrix and the homeserver as much again).
+ *
+ * A failure after a request was written cannot tell whether the homeserver applied it: a homeserver
+ * that restarts may have handled a request on a pooled connection and died before answering. So a
+ * POST is sent again only when it cannot have reached the server (connection refused, 429) or when
+ * its caller says that repeating it changes nothing (`idempotent`, e.g. /join).
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
@@ -24,10 +30,15 @@ export interface RequestOptions {
   accessToken?: string | null;
   timeoutMs?: number;
   /**
-   * When to retry: "auto" retries idempotent methods on any transient failure and POST only when
-   * the request cannot have been applied (connection refused, 429); "never" makes one attempt.
+   * When to retry: "auto" retries idempotent requests on any transient failure and other POSTs only
+   * when the request cannot have been applied (connection refused, 429); "never" makes one attempt.
    */
   retry?: "auto" | "never";
+  /**
+   * Whether sending the request again after it may already have been applied changes nothing.
+   * True for every method but POST; a POST such as /join or /invite says so here.
+   */
+  idempotent?: boolean;
   /** Label for the writes metric; derived from the route when omitted. */
   kind?: string;
 }
@@ -54,6 +65,8 @@ export interface TransportOptions {
   asToken: string;
   timeoutMs: number;
   maxRetries: number;
+  /** Most connections open to the homeserver at once; further requests wait for a free one. */
+  maxSockets?: number;
   logger: Logger;
   metrics: Metrics;
   /**
@@ -70,6 +83,13 @@ export interface TransportOptions {
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Idle pooled connections are closed after this: well before the homeserver closes them (Synapse
+ * after 60 s, twisted's default; tuwunel after 30 s, hyper's header-read timeout), so that a
+ * request seldom meets a connection the server is closing at that moment.
+ */
+const IDLE_SOCKET_MS = 4000;
+
 interface RawResponse {
   status: number;
   statusText: string;
@@ -77,11 +97,16 @@ interface RawResponse {
   text: string;
 }
 
-/** A failure before any response: `reason` is a code for logs and metrics; `unsent` when the request cannot have been applied. */
+/**
+ * A failure before any response: `reason` is a code for logs and metrics; `unsent` when the request
+ * cannot have been applied; `stale` when it failed on a pooled connection before any answer (the
+ * server had closed it, or went away).
+ */
 class NetworkError extends Error {
   constructor(
     readonly reason: string,
     readonly unsent: boolean,
+    readonly stale = false,
   ) {
     super(reason);
   }
@@ -119,9 +144,8 @@ export class HomeserverTransport {
   constructor(private readonly options: TransportOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.sleep = options.sleep ?? defaultSleep;
-    // No keep-alive: with pooled connections, onboarding across a homeserver restart stalled (e2e
-    // faults.test.ts, in the full suite only; not yet understood). A loopback connect is cheap.
-    const agentOptions = { keepAlive: false };
+    // `timeout` closes idle pooled connections; a request in progress has its own timer (send()).
+    const agentOptions = { keepAlive: true, timeout: IDLE_SOCKET_MS, maxSockets: options.maxSockets ?? Infinity };
     this.agent = this.baseUrl.startsWith("https:") ? new HttpsAgent(agentOptions) : new HttpAgent(agentOptions);
   }
 
@@ -141,11 +165,11 @@ export class HomeserverTransport {
     return new Promise((resolve, reject) => {
       let settled = false;
       let responded = false;
-      const fail = (reason: string, unsent: boolean): void => {
+      const fail = (reason: string, unsent: boolean, stale = false): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        reject(new NetworkError(reason, unsent));
+        reject(new NetworkError(reason, unsent, stale));
       };
       if (payload !== undefined) headers["Content-Length"] = String(Buffer.byteLength(payload));
       const req = requestFn(url, { method, headers, agent: this.agent }, (res) => {
@@ -173,10 +197,11 @@ export class HomeserverTransport {
       }, timeoutMs);
       req.on("error", (err: NodeJS.ErrnoException) => {
         const code = err.code ?? err.message;
-        // Refused: nothing reached the server. Reset on a reused keep-alive connection before any
-        // answer: the server closed it while idle, before reading this request (see node's docs on
-        // `request.reusedSocket`).
-        fail(code, code === "ECONNREFUSED" || (code === "ECONNRESET" && req.reusedSocket && !responded));
+        // Refused: nothing reached the server. A reset on a reused connection before any answer is
+        // no such proof: the server may have closed it while idle, before reading this request (node's
+        // docs on `request.reusedSocket`), or read and applied the request and then gone away (a
+        // homeserver restart; a /register repeated then answers M_USER_IN_USE for our own new user).
+        fail(code, code === "ECONNREFUSED", req.reusedSocket && !responded);
       });
       req.end(payload);
     });
@@ -200,7 +225,7 @@ export class HomeserverTransport {
       payload = JSON.stringify(opts.body);
     }
     const route = routeTemplate(path);
-    const idempotent = method !== "POST";
+    const idempotent = opts.idempotent ?? method !== "POST";
     const retryMode = opts.retry ?? "auto";
     const started = process.hrtime.bigint();
     if (method !== "GET") this.options.metrics.homeserverWrites.inc({ kind: opts.kind ?? `${method} ${route}` });
@@ -216,9 +241,11 @@ export class HomeserverTransport {
         const safe = idempotent || (err instanceof NetworkError && err.unsent);
         if (retryMode === "auto" && safe && attempt < this.options.maxRetries) {
           this.options.metrics.homeserverRetries.inc({ reason: "network" });
-          const delay = backoff(attempt);
+          // A pooled connection the server had closed says nothing about the server: the first retry
+          // goes out at once, on another connection. After that, the server is in trouble: back off.
+          const delay = err instanceof NetworkError && err.stale && attempt === 0 ? 0 : backoff(attempt);
           this.options.logger.debug({ method, route, reason, attempt, delay }, "homeserver request failed, retrying");
-          await this.sleep(delay);
+          if (delay > 0) await this.sleep(delay);
           continue;
         }
         this.observe(method, route, started);

@@ -68,7 +68,11 @@ export class RoomApi {
 
   /** `reason` is shown to the invited user by most clients. */
   async invite(roomId: string, userId: string, reason?: string): Promise<void> {
-    await this.write("POST", `${CS}/rooms/${enc(roomId)}/invite`, "invite", { body: { user_id: userId, ...(reason ? { reason } : {}) } });
+    // Repeated, an invite with the same content is the same invite.
+    await this.write("POST", `${CS}/rooms/${enc(roomId)}/invite`, "invite", {
+      body: { user_id: userId, ...(reason ? { reason } : {}) },
+      idempotent: true,
+    });
   }
 
   async unban(roomId: string, userId: string): Promise<void> {
@@ -77,7 +81,7 @@ export class RoomApi {
 
   /** Joins as `userId` (an appservice user: the transport impersonates it). */
   async join(roomId: string, userId: string): Promise<void> {
-    await this.write("POST", `${CS}/rooms/${enc(roomId)}/join`, "join", { body: {}, asUser: userId });
+    await this.write("POST", `${CS}/rooms/${enc(roomId)}/join`, "join", { body: {}, asUser: userId, idempotent: true });
   }
 
   async leave(roomId: string, userId: string): Promise<void> {
@@ -129,12 +133,13 @@ export class RoomApi {
     method: string,
     path: string,
     kind: string,
-    opts: { body?: unknown; asUser?: string; accessToken?: string },
+    opts: { body?: unknown; asUser?: string; accessToken?: string; idempotent?: boolean },
   ): Promise<T> {
     this.writes++;
     return this.transport.request<T>(method, path, {
       body: opts.body,
       kind,
+      idempotent: opts.idempotent,
       asUser: opts.accessToken ? undefined : (opts.asUser ?? this.botUserId),
       accessToken: opts.accessToken,
     });

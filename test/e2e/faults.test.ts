@@ -7,11 +7,13 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../../src/config/schema";
+import { agentLocalpart } from "../../src/agents/names";
 import { loadRegistration, type Registration } from "../../src/registration";
 import { StateError } from "../../src/store/state-store";
 import { acquireSlot, e2eEnv, makeTestConfig, type AcquiredSlot } from "../harness/slots";
 import { attachHomeserver } from "../../dev/homeserver";
 import { freePort } from "../../dev/server-process";
+import { makeAgentDir, uniqueName } from "../support/agents";
 import { TcpProxy } from "../support/proxy";
 import { startRecordedService, type StartedService } from "../support/service";
 import { eventually, until } from "../support/wait";
@@ -66,6 +68,33 @@ describe("faults", () => {
       run = await starting;
       expect(run.service.isReady()).toBe(true);
       expect(run.logs.join("")).toMatch(/homeserver not reachable yet|waiting for the homeserver/i);
+    } finally {
+      await run?.service.stop();
+      run = undefined;
+      await proxy.down();
+    }
+  });
+
+  it("the homeserver applied a new agent's /register and went away before answering: the agent is onboarded, one device", async () => {
+    // On a pooled connection, such a request fails like one the server never read; sent again, it
+    // would meet M_USER_IN_USE for the user it had just created.
+    const proxy = new TcpProxy(await freePort(), { host: "127.0.0.1", port: env.homeserver.port });
+    await proxy.up();
+    const config = makeTestConfig(slot, { homeserver: { url: proxy.url } });
+    const name = uniqueName("c");
+    makeAgentDir(config, name);
+    proxy.cutAnswerTo(new RegExp(`"username":"${agentLocalpart(config, name)}"`));
+    try {
+      run = await startRecordedService(config, registration);
+      const started = run;
+      const state = (): string => started.service.agents.records.get(name)?.state ?? "";
+      await until(() => ["token_written", "joined"].includes(state()) || /did not create it/.test(started.logs.join("")), 60_000);
+      expect(proxy.cuts).toBe(1);
+      expect(run.logs.join("")).toMatch(new RegExp(`agent ${name}: an interrupted registration had created`));
+      expect(["token_written", "joined"]).toContain(state());
+      const token = readFileSync(join(config.agents.stateRoot, name, "state", "matrix-token"), "utf8").trim();
+      const devices = await get(token, "/_matrix/client/v3/devices");
+      expect((devices.json.devices as unknown[]).length).toBe(1);
     } finally {
       await run?.service.stop();
       run = undefined;

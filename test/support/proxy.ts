@@ -7,6 +7,9 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 export class TcpProxy {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  private cut: RegExp | undefined;
+  /** Requests passed on whose answer was withheld (`cutAnswerTo`). */
+  cuts = 0;
 
   constructor(
     readonly port: number,
@@ -25,7 +28,20 @@ export class TcpProxy {
         s.on("close", () => this.sockets.delete(s));
         s.on("error", () => s.destroy());
       }
-      client.pipe(upstream).pipe(client);
+      let cutting = false;
+      client.on("data", (chunk: Buffer) => {
+        if (this.cut?.test(chunk.toString("latin1"))) {
+          this.cut = undefined;
+          cutting = true;
+        }
+        upstream.write(chunk);
+      });
+      upstream.on("data", (chunk: Buffer) => {
+        if (!cutting) return void client.write(chunk);
+        // The homeserver has handled the request and answers: the answer is lost with the connection.
+        this.cuts++;
+        client.destroy();
+      });
       client.on("close", () => upstream.destroy());
       upstream.on("close", () => client.destroy());
     });
@@ -34,6 +50,15 @@ export class TcpProxy {
       server.once("error", reject);
       server.listen(this.port, "127.0.0.1", () => resolve());
     });
+  }
+
+  /**
+   * The next request whose bytes match `pattern` reaches the homeserver, which handles it, and then
+   * the connection is cut before any byte of the answer: a homeserver that died just after
+   * applying a request, as one restarting does.
+   */
+  cutAnswerTo(pattern: RegExp): void {
+    this.cut = pattern;
   }
 
   /** Refuses new connections and cuts the open ones, like a homeserver that died. */

@@ -84,7 +84,7 @@ describe("homeserver transport", () => {
     expect(err.message).toBe("homeserver unreachable (ECONNREFUSED)");
   });
 
-  it("sends the body, and waits the Retry-After header's delay", async () => {
+  it("keeps connections alive across requests, sends the body and the Retry-After header's delay", async () => {
     let connections = 0;
     const bodies: string[] = [];
     let hits = 0;
@@ -111,9 +111,92 @@ describe("homeserver transport", () => {
     for (let i = 0; i < 5; i++) await t.request("GET", "/y");
     expect(sleeps).toEqual([2000]);
     expect(bodies.slice(0, 2)).toEqual(['{"text":"é ✓"}', '{"text":"é ✓"}']);
-    expect(connections).toBeGreaterThan(0);
+    expect(connections).toBe(1);
     t.close();
     server.close();
+  });
+
+  it("takes a new connection when the server closed the pooled one between two requests", async () => {
+    const server = createServer((_req, res) => res.end("{}"));
+    server.keepAliveTimeout = 20;
+    let connections = 0;
+    server.on("connection", () => connections++);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const sleeps: number[] = [];
+    const t = transport(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, sleeps);
+    try {
+      await t.request("GET", "/x");
+      await new Promise((r) => setTimeout(r, 200));
+      await expect(t.request("POST", "/x", { body: {} })).resolves.toEqual({});
+      expect(connections).toBe(2);
+      expect(sleeps).toEqual([]);
+    } finally {
+      t.close();
+      server.close();
+    }
+  });
+
+  describe("a pooled connection that drops a request without answering", () => {
+    // The server reads the request, counts it as handled, and cuts the connection: what a client
+    // sees both when a server closes an idle connection under it and when a homeserver that
+    // applied the request goes away before answering.
+    async function dropping(): Promise<{
+      t: HomeserverTransport;
+      sleeps: number[];
+      handled: string[];
+      connections: () => number;
+      server: Server;
+    }> {
+      const handled: string[] = [];
+      let connections = 0;
+      const server = createServer((req, res) => {
+        handled.push(`${req.method} ${req.url}`);
+        if (handled.length === 2) req.socket.destroy();
+        else res.end('{"ok":true}');
+      });
+      server.on("connection", () => connections++);
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      const sleeps: number[] = [];
+      const t = transport(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, sleeps);
+      await t.request("GET", "/first");
+      return { t, sleeps, handled, connections: () => connections, server };
+    }
+
+    it("sends a GET again at once, on a new connection", async () => {
+      const d = await dropping();
+      try {
+        await expect(d.t.request("GET", "/x")).resolves.toEqual({ ok: true });
+        expect(d.handled).toEqual(["GET /first", "GET /x", "GET /x"]);
+        expect(d.connections()).toBe(2);
+        expect(d.sleeps).toEqual([]);
+      } finally {
+        d.t.close();
+        d.server.close();
+      }
+    });
+
+    it("does not send a POST again, which may have been applied", async () => {
+      const d = await dropping();
+      try {
+        await expect(d.t.request("POST", "/register", { body: {} })).rejects.toThrow("homeserver unreachable (ECONNRESET)");
+        expect(d.handled).toEqual(["GET /first", "POST /register"]);
+      } finally {
+        d.t.close();
+        d.server.close();
+      }
+    });
+
+    it("sends a POST the caller marked idempotent again", async () => {
+      const d = await dropping();
+      try {
+        await expect(d.t.request("POST", "/join", { body: {}, idempotent: true })).resolves.toEqual({ ok: true });
+        expect(d.handled).toEqual(["GET /first", "POST /join", "POST /join"]);
+        expect(d.sleeps).toEqual([]);
+      } finally {
+        d.t.close();
+        d.server.close();
+      }
+    });
   });
 
   it("gives up on a request the homeserver does not answer within the timeout", async () => {
