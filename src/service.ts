@@ -100,6 +100,9 @@ export class HiveMatrixService extends EventEmitter {
       asToken: this.registration.as_token,
       timeoutMs: this.config.homeserver.requestTimeoutMs,
       maxRetries: this.config.homeserver.maxRetries,
+      // Onboarding and the rooms' memberships each run agents.concurrency requests at once; the rest
+      // (events, the control room, Space reads) need a few more.
+      maxSockets: 2 * this.config.agents.concurrency + 8,
       logger: this.logger.child({ module: "homeserver" }),
       metrics: this.metrics,
       userNamespaces: () => this.liveRegistration.userPatterns(),
