@@ -339,7 +339,7 @@ export const fleet: Scenario = {
         baseline: REQUEST_FLOOR,
         goal: { kind: "ratioAtMost", value: 1.05 },
       },
-      { metric: "Synapse CPU per agent", unit: "ms", hive: synapseCpu / n, baseline: null },
+      { metric: "homeserver CPU per agent", unit: "ms", hive: synapseCpu / n, baseline: null },
       { metric: `hive-matrix CPU while idle with ${n} agents`, unit: "ms/s", hive: deployed.idleCpuMsPerS, baseline: null },
       {
         metric: `RSS after ${n} agents (joined), as deployed, with the fork server's`,
@@ -409,10 +409,10 @@ export const fleet: Scenario = {
       `The service runs with ${flags}, as nix/module.nix deploys it (NODE_OPTIONS), alone in its process (plain JavaScript, no TypeScript hook). ` +
         `Onboarding ${n} agents from nothing: token files after ${Math.round(m.tokenMs / 1000)} s ` +
         `(${round(m.tokens.requests.total / n)} requests per agent: ${routes(m.tokens.requests, n)}; ` +
-        `hive-matrix CPU ${round(m.tokens.cpuMs.hiveMatrix / n)} ms, Synapse CPU ${round(m.tokens.cpuMs.synapse / n)} ms per agent), ` +
+        `hive-matrix CPU ${round(m.tokens.cpuMs.hiveMatrix / n)} ms, homeserver CPU ${round(m.tokens.cpuMs.synapse / n)} ms per agent), ` +
         `all joined after ${Math.round(m.joinedMs / 1000)} s (rooms phase: ${m.rooms.requests.reconcileRuns} reconcile runs, ` +
         `${round(m.rooms.requests.total / n)} requests per agent: ${routes(m.rooms.requests, n)}; ` +
-        `hive-matrix CPU ${round(m.rooms.cpuMs.hiveMatrix / n)} ms, Synapse CPU ${round(m.rooms.cpuMs.synapse / n)} ms per agent). ` +
+        `hive-matrix CPU ${round(m.rooms.cpuMs.hiveMatrix / n)} ms, homeserver CPU ${round(m.rooms.cpuMs.synapse / n)} ms per agent). ` +
         "CPU times are user + system from /proc/<pid>/stat, so they hold better than wall times on a loaded machine.",
       forkServerNote(m, n, deployed.restartCommandMs),
       `The request floor (${REQUEST_FLOOR} per agent) is what the homeserver needs: /register (which returns the token), the display name, ` +
@@ -436,7 +436,7 @@ export const fleet: Scenario = {
         `Restart: the service stopped cleanly with ${n} agents joined and started again on the same state dir; ready after ${Math.round(full.readyMs)} ms ` +
           `(from spawning node), quiet (nothing converging, no reconcile, no request for ${QUIET_MS} ms) after ${Math.round(full.quietMs)} ms. ` +
           `${full.requests.total} requests to the homeserver (${full.requests.reads} reads, ${full.requests.writes} writes): ${routes(full.requests, 1)}; ` +
-          `Synapse CPU ${Math.round(full.synapseCpuMs)} ms; hive-matrix CPU ${Math.round(full.serviceCpuMs)} ms for the whole process; ` +
+          `homeserver CPU ${Math.round(full.synapseCpuMs)} ms; hive-matrix CPU ${Math.round(full.serviceCpuMs)} ms for the whole process; ` +
           `RSS after ${round(full.memory.rss / MB)} MB. The baseline is the same instance restarted before any agent existed ` +
           `(${empty.requests.total} requests: ${routes(empty.requests, 1)}). Token files are compared by inode, mtime and size before and after; ` +
           "daemon restarts are counted by the restart command, which appends the agent's name to a log.",

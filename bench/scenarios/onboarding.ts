@@ -76,10 +76,10 @@ export const onboarding: Scenario = {
         `The restart command is \`${spec.config.agents.restartCommand.join(" ")}\` for both; token files are written by the same symlink-safe writer (0600).`,
       "hive-matrix is measured to both rooms joined; the baseline joins no rooms, so the goal row is conservative for hive-matrix. " +
         `Token phase: ${Math.round(measured.tokenMs)} ms, ${round(measured.tokens.requests.total / n)} requests per agent (${routesPerAgent(measured.tokens.requests, n)}), ` +
-        `Synapse CPU ${round(measured.tokens.cpuMs.synapse / n)} ms per agent. ` +
+        `homeserver CPU ${round(measured.tokens.cpuMs.synapse / n)} ms per agent. ` +
         `Rooms phase: ${Math.round(measured.joinedMs - measured.tokenMs)} ms more, ${measured.rooms.requests.reconcileRuns} reconcile runs, ` +
         `${round(measured.rooms.requests.total / n)} requests per agent (${routesPerAgent(measured.rooms.requests, n)}), ` +
-        `Synapse CPU ${round(measured.rooms.cpuMs.synapse / n)} ms per agent (${Math.round((measured.rooms.cpuMs.synapse / (measured.joinedMs - measured.tokenMs)) * 100)}% of the phase's wall time).`,
+        `homeserver CPU ${round(measured.rooms.cpuMs.synapse / n)} ms per agent (${Math.round((measured.rooms.cpuMs.synapse / (measured.joinedMs - measured.tokenMs)) * 100)}% of the phase's wall time).`,
       `Baseline: POST /register (401 + session) then one POST per stage of [${stageNames.slice(1).join(", ")}]; Synapse hashes the password (bcrypt) for every account. ` +
         `Request latency by stage (p50): ${stageNames.map((s, i) => `${s} ${round(summarize(byStage.get(i) ?? []).p50)} ms`).join(", ")}.`,
     ];
@@ -95,7 +95,7 @@ export const onboarding: Scenario = {
         },
         { metric: `wall time to token files, ${n} agents`, unit: "ms", hive: measured.tokenMs, baseline: legacyMs },
         { metric: "homeserver requests per agent", unit: "", hive: measured.requests.total / n, baseline: legacyRequests / n },
-        { metric: "Synapse CPU per agent", unit: "ms", hive: hiveSynapseCpu / n, baseline: legacySynapseCpu / n },
+        { metric: "homeserver CPU per agent", unit: "ms", hive: hiveSynapseCpu / n, baseline: legacySynapseCpu / n },
       ],
       notes,
       details: {
