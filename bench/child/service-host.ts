@@ -198,7 +198,12 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
       return {
         queued,
         ms: Number(process.hrtime.bigint() - started) / 1e6,
-        journal: { flushes: service.transactions.flushes, flushMs: service.transactions.flushMs },
+        journal: {
+          flushes: service.transactions.flushes,
+          flushMs: service.transactions.flushMs,
+          busyMs: service.transactions.busyMs,
+          overlapped: service.transactions.overlapped,
+        },
       };
     }
     case "quiet":

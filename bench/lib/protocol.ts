@@ -94,7 +94,7 @@ export interface HostReplies {
   hiveRooms: { listed: number; ms: number };
   describe: { text: string };
   /** Transactions still queued when asked, and how long handling them took. */
-  drain: { queued: number; ms: number; journal: { flushes: number; flushMs: number } };
+  drain: { queued: number; ms: number; journal: { flushes: number; flushMs: number; busyMs: number; overlapped: number } };
   /** `quietForMs`: how long before the answer the service was last seen busy; `timedOut`: never quiet for long enough. */
   quiet: { quietForMs: number; timedOut: boolean };
   stop: { ok: true };
