@@ -4,6 +4,7 @@
  * Run as plain JavaScript with `node --expose-gc` (see bench/lib/build.ts).
  */
 import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import pino from "pino";
 import { parseConfig } from "../../src/config/load";
 import { createLogger } from "../../src/logging";
@@ -204,6 +205,8 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
           busyMs: service.transactions.busyMs,
           overlapped: service.transactions.overlapped,
         },
+        // Cumulative: the bench takes differences between phases.
+        eventLoopActiveMs: performance.eventLoopUtilization().active,
       };
     }
     case "quiet":

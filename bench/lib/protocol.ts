@@ -94,7 +94,13 @@ export interface HostReplies {
   hiveRooms: { listed: number; ms: number };
   describe: { text: string };
   /** Transactions still queued when asked, and how long handling them took. */
-  drain: { queued: number; ms: number; journal: { flushes: number; flushMs: number; busyMs: number; overlapped: number } };
+  drain: {
+    queued: number;
+    ms: number;
+    journal: { flushes: number; flushMs: number; busyMs: number; overlapped: number };
+    /** Milliseconds the event loop has been busy since the process started. */
+    eventLoopActiveMs: number;
+  };
   /** `quietForMs`: how long before the answer the service was last seen busy; `timedOut`: never quiet for long enough. */
   quiet: { quietForMs: number; timedOut: boolean };
   stop: { ok: true };
