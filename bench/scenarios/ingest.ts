@@ -316,7 +316,7 @@ export const ingest: Scenario = {
         notes.push(
           `The journal during the best saturation round, as the service saw it: ${bestSat.writes} writes of ${round(bestSat.txnPerWrite)} transactions ` +
             `(with the done lines riding along), ${round(bestSat.msPerWrite)} ms each from the write to the disk's acknowledgement as the event loop saw it ` +
-            `(the callback waits for the event loop too), ${Math.round(bestSat.overlappedShare * 100)} % of them started while another was under way; ` +
+            `(the callback waits for the event loop too)${bestSat.overlappedShare > 0 ? `, ${Math.round(bestSat.overlappedShare * 100)} % of them started while another was under way` : ""}; ` +
             `at least one write was under way ${Math.round(bestSat.busyShare * 100)} % of the phase; the event loop (parsing, journal bookkeeping, handling the events after the 200) ` +
             `was busy ${Math.round(bestSat.loopBusyShare * 100)} % of it. An event loop near 100 % is what limits (the CPU): a write's time then includes waiting for the loop to take its ` +
             "callback, so the journal looks busy without the disk being the limit.",
