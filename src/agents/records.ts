@@ -16,7 +16,7 @@
  * updates each). The next rewrite of `agents.json` records the last journal line it covers and
  * empties the journal; loading replays the lines after that one.
  */
-import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, constants, fsyncSync, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
 import { z } from "zod";
 import { StateError, type StateStore } from "../store/state-store";
 
@@ -101,16 +101,23 @@ export class AgentRecords {
     this.journalSeq = file?.journalSeq ?? 0;
     const covered = this.journalSeq;
     const path = this.state.path(AGENTS_JOURNAL);
-    let text = "";
+    let bytes = Buffer.alloc(0);
     try {
-      text = readFileSync(path, "utf8");
+      bytes = readFileSync(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT")
         throw new StateError(path, `cannot read (${(err as NodeJS.ErrnoException).code})`);
     }
-    const lines = text.split("\n");
+    const lines = bytes.toString("utf8").split("\n");
     lines.forEach((line, i) => {
       if (line === "") return;
+      // The last line without a newline is a write cut off by a crash (even one that parses: its
+      // newline was never written), and its caller never went on. It goes, or the next append would
+      // glue a whole line to it: a corrupted line mid-file, which the next load refuses.
+      if (i === lines.length - 1) {
+        this.dropTornTail(path, bytes.lastIndexOf(10) + 1);
+        return;
+      }
       let parsed;
       try {
         parsed = journalLineSchema.safeParse(JSON.parse(line));
@@ -118,8 +125,6 @@ export class AgentRecords {
         parsed = undefined;
       }
       if (!parsed?.success) {
-        // The last line without a newline is a write cut off by a crash: its caller never went on.
-        if (i === lines.length - 1) return;
         throw new StateError(path, `line ${i + 1} is corrupted; restore the file or remove it deliberately`);
       }
       const { seq, name, record } = parsed.data;
@@ -196,6 +201,20 @@ export class AgentRecords {
   close(): void {
     if (this.journalFd !== undefined) closeSync(this.journalFd);
     this.journalFd = undefined;
+  }
+
+  /** Cuts the journal back to its last whole line, durably, before anything is appended to it. */
+  private dropTornTail(path: string, length: number): void {
+    let fd: number | undefined;
+    try {
+      fd = openSync(path, constants.O_WRONLY | constants.O_NOFOLLOW);
+      ftruncateSync(fd, length);
+      fsyncSync(fd);
+    } catch (err) {
+      throw new StateError(path, `cannot drop the line a crash cut off (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
   }
 
   /** One line, on disk when this returns. */

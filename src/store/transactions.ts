@@ -141,6 +141,8 @@ export class TransactionStore {
   private fd: number | null = null;
   private seq = 0;
   private lines = 0;
+  /** The journal ended in a line cut off by a crash: it must not stay in front of the next append. */
+  private tornTail = false;
   private queued: (string | Buffer)[] = [];
   private waiters: Waiter[] = [];
   /** `done` lines not yet queued: they join the next write (see DONE_DELAY_MS). */
@@ -165,7 +167,9 @@ export class TransactionStore {
   open(): InboxEntry[] {
     this.readJournal();
     const migrated = this.migrateLegacy();
-    if (migrated || this.lines > this.capacity * 2 + this.unhandled.size) this.compact();
+    // After a torn last line, the next append would glue a whole line to the fragment: a corrupted
+    // line in the middle, which the next start refuses. Rewriting drops the fragment first.
+    if (migrated || this.tornTail || this.lines > this.capacity * 2 + this.unhandled.size) this.compact();
     this.fd = openSync(
       this.path,
       constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC | constants.O_NOFOLLOW,
@@ -303,8 +307,12 @@ export class TransactionStore {
     const lines = text.split("\n");
     lines.forEach((line, i) => {
       if (line === "") return;
-      // The last line without a newline is a write cut off by a crash: never acknowledged, so dropped.
-      const torn = i === lines.length - 1;
+      // The last line without a newline is a write cut off by a crash (even one that parses: its
+      // newline was never written): never acknowledged, so dropped.
+      if (i === lines.length - 1) {
+        this.tornTail = true;
+        return;
+      }
       let parsed;
       try {
         parsed = lineSchema.safeParse(JSON.parse(line));
@@ -312,7 +320,6 @@ export class TransactionStore {
         parsed = undefined;
       }
       if (!parsed?.success) {
-        if (torn) return;
         throw new StateError(
           this.path,
           `line ${i + 1} is corrupted; it may hold acknowledged events, so it is not dropped: restore the file or remove it deliberately`,
@@ -377,6 +384,7 @@ export class TransactionStore {
     }
     writeFileAtomic(this.path, out.join(""), { mode: 0o600 });
     this.lines = out.length;
+    this.tornTail = false;
     rmSync(join(this.dir, LEGACY_LOG), { force: true });
     rmSync(join(this.dir, LEGACY_INBOX), { recursive: true, force: true });
     fsyncDir(this.dir);

@@ -258,6 +258,35 @@ describe("agent records", () => {
     expect(() => new AgentRecords(store, () => undefined).load()).toThrow(/agents\.journal: line 1 is corrupted/);
   });
 
+  it("after a torn last journal line, the next durable update still loads: the fragment is gone first", () => {
+    const dir = tempDir();
+    const store = new StateStore(dir);
+    store.init();
+    const journal = join(dir, "agents.journal");
+    const complete = JSON.stringify({
+      seq: 1,
+      name: "a",
+      record: { userId: "@a:h", state: "pending", source: "discovered", createdAt: 1, updatedAt: 1 },
+    });
+    // Cut off mid-line, and cut off just before its newline (it parses, but its write never finished).
+    for (const torn of [
+      '{"seq":2,"name":"b","rec',
+      JSON.stringify({ seq: 2, name: "b", record: { userId: "@b:h", state: "pending", source: "discovered", createdAt: 1, updatedAt: 1 } }),
+    ]) {
+      writeFileSync(journal, `${complete}\n${torn}`);
+      const records = new AgentRecords(store, () => undefined);
+      records.load();
+      expect(records.get("a")).toMatchObject({ state: "pending" });
+      expect(records.get("b")).toBeUndefined();
+      records.set("c", { userId: "@c:h", state: "pending", registering: true }, { durable: true });
+      records.close();
+      const again = new AgentRecords(store, () => undefined);
+      again.load();
+      expect(again.get("c")).toMatchObject({ registering: true });
+      expect(readFileSync(journal, "utf8").split("\n").filter(Boolean)).toHaveLength(2);
+    }
+  });
+
   it("a corrupted agents.json is an error naming the file, not a reset", () => {
     const dir = tempDir();
     const store = new StateStore(dir);

@@ -43,6 +43,28 @@ describe("transaction store", () => {
     expect(readFileSync(file, "utf8")).toContain("{ garbage");
   });
 
+  it("after a torn last line, what is appended next still loads: the fragment is gone before the next write", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir);
+    store.open();
+    await store.accept("t1", [{ type: "m.room.message", event_id: "$1" }]);
+    store.close();
+    const file = join(dir, "transactions.journal");
+    // Cut off by a crash, once mid-line and once just before its newline (it parses, but its write never finished).
+    for (const fragment of ['{"a":2,"id":"t2","e":[{"ty', '{"a":2,"id":"t2","e":[{"type":"m.room.message","event_id":"$2"}]}']) {
+      writeFileSync(file, `${readFileSync(file, "utf8")}${fragment}`);
+      const next = new TransactionStore(dir);
+      expect(next.open().map((e) => e.txnId)).toEqual(["t1"]);
+      expect(next.has("t2")).toBe(false);
+      await next.accept("t3", [{ type: "m.room.message", event_id: "$3" }]);
+      next.close();
+      const after = new TransactionStore(dir);
+      expect(after.open().map((e) => e.txnId)).toEqual(["t1", "t3"]);
+      after.close();
+      writeFileSync(file, readFileSync(file, "utf8").replace(/.*"t3".*\n/, ""));
+    }
+  });
+
   it("concurrent transactions share disk writes; a second delivery during the write waits and is a duplicate", async () => {
     const dir = tempDir();
     const store = new TransactionStore(dir);
