@@ -60,7 +60,10 @@ export class EventQueue {
     this.running = true;
     try {
       for (let entry = this.pending[0]; entry !== undefined && !this.stopped; entry = this.pending[0]) {
-        for (const event of entry.events) await this.dispatch(event);
+        for (const event of entry.events) {
+          const pending = this.dispatch(event);
+          if (pending) await pending;
+        }
         this.store.done(entry);
         this.pending.shift();
         this.metrics.eventQueue.set(this.pending.length);
@@ -73,18 +76,36 @@ export class EventQueue {
     }
   }
 
-  private async dispatch(event: MatrixEvent): Promise<void> {
-    this.metrics.events.inc({ type: eventTypeLabel(event.type) });
-    for (const handler of this.handlers) {
+  /**
+   * Runs the handlers in order. Most return nothing for most events: those run back to back, and
+   * only a handler that returns a promise makes the rest wait for it (asynchronously), so a
+   * 50-event transaction does not cost 50 × handlers trips through the microtask queue.
+   */
+  private dispatch(event: MatrixEvent, from = 0): Promise<void> | undefined {
+    if (from === 0) this.metrics.events.inc({ type: eventTypeLabel(event.type) });
+    for (let i = from; i < this.handlers.length; i++) {
+      let result: Promise<void> | void;
       try {
-        await handler(event);
+        result = this.handlers[i](event);
       } catch (err) {
-        this.metrics.eventsDropped.inc({ reason: "handler_failed" });
-        this.logger.error(
-          { eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) },
-          "event handler failed",
+        this.failed(event, err);
+        continue;
+      }
+      if (result && typeof result.then === "function") {
+        return result.then(
+          () => this.dispatch(event, i + 1),
+          (err: unknown) => {
+            this.failed(event, err);
+            return this.dispatch(event, i + 1);
+          },
         );
       }
     }
+    return undefined;
+  }
+
+  private failed(event: MatrixEvent, err: unknown): void {
+    this.metrics.eventsDropped.inc({ reason: "handler_failed" });
+    this.logger.error({ eventId: event.event_id, type: event.type, roomId: event.room_id, ...errorFields(err) }, "event handler failed");
   }
 }

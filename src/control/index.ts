@@ -116,8 +116,14 @@ export class ControlRoom {
   }
 
   /** For service.onEvent. Never throws; a command runs after the ones before it, without holding up other handlers. */
-  async handleEvent(event: MatrixEvent): Promise<void> {
-    if (this.stopped) return;
+  handleEvent(event: MatrixEvent): Promise<void> | void {
+    // Nearly every event is in another room: answered without a promise (the event queue then
+    // goes on without a round through the microtask queue).
+    if (this.stopped || (this.room && event.room_id !== this.room.roomId)) return;
+    return this.handle(event);
+  }
+
+  private async handle(event: MatrixEvent): Promise<void> {
     try {
       if (!this.room) {
         if (this.isInviteForBot(event)) void this.setUp();
