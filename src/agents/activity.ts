@@ -216,6 +216,19 @@ export class AgentActivity {
   }
 }
 
+/** What surrounds an agent's name in its user ID, per config: asked for every event a hive's rooms send. */
+const templates = new WeakMap<Config, { suffix: string; before: string; after: string }>();
+
+function userIdTemplate(config: Config): { suffix: string; before: string; after: string } {
+  let template = templates.get(config);
+  if (!template) {
+    const [before, after = ""] = config.agents.localpart.split("{name}");
+    template = { suffix: `:${config.homeserver.domain}`, before, after };
+    templates.set(config, template);
+  }
+  return template;
+}
+
 /**
  * The agent name in a user ID of the hive's template (`agent-{name}` → name), when the agent is
  * known to `records`; O(1) per event, unlike scanning every record.
@@ -225,10 +238,9 @@ export function agentNameFromUserId(
   userId: string,
   known: (name: string) => { userId: string } | undefined,
 ): string | undefined {
-  const suffix = `:${config.homeserver.domain}`;
+  const { suffix, before, after } = userIdTemplate(config);
   if (!userId.startsWith("@") || !userId.endsWith(suffix)) return undefined;
   const localpart = userId.slice(1, -suffix.length);
-  const [before, after] = config.agents.localpart.split("{name}");
   if (localpart.length <= before.length + after.length || !localpart.startsWith(before) || !localpart.endsWith(after)) return undefined;
   const name = localpart.slice(before.length, localpart.length - after.length);
   return known(name)?.userId === userId ? name : undefined;

@@ -65,14 +65,13 @@ export type Intake = { result: "accepted" | "reused_id"; entry: InboxEntry } | {
  * JSON minus `unsigned`, which the homeserver recomputes per send). 128 bits of SHA-256, hex.
  */
 export function contentDigest(events: readonly MatrixEvent[]): string {
-  const hash = createHash("sha256");
+  // One string, hashed at once: a hash update per event and separator cost more than the hashing.
+  let text = "";
   for (const event of events) {
-    if (typeof event.event_id === "string") hash.update(event.event_id);
-    else hash.update(JSON.stringify({ ...event, unsigned: undefined }));
-    // Neither an event ID nor JSON holds a raw newline, so this separates them unambiguously.
-    hash.update("\n");
+    // Neither an event ID nor JSON holds a raw newline, so "\n" separates them unambiguously.
+    text += `${typeof event.event_id === "string" ? event.event_id : JSON.stringify({ ...event, unsigned: undefined })}\n`;
   }
-  return hash.digest("hex").slice(0, 32);
+  return createHash("sha256").update(text).digest("hex").slice(0, 32);
 }
 
 const eventsSchema = z.array(z.object({ type: z.string() }).passthrough());

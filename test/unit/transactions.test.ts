@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { TransactionStore, contentDigest, type InboxEntry, type MatrixEvent } from "../../src/store/transactions";
@@ -184,6 +185,16 @@ describe("a replay is the same txnId with the same events", () => {
     expect(contentDigest([bare])).toBe(contentDigest([{ ...bare, unsigned: { age: 5 } }]));
     expect(contentDigest([bare])).not.toBe(contentDigest([{ ...bare, content: { user_ids: [] } }]));
     expect(contentDigest([])).toMatch(/^[0-9a-f]{32}$/);
+    // Digests are kept in journals across versions: the definition (SHA-256 of each ID or JSON
+    // followed by a newline, 128 bits in hex) must not drift.
+    const expected = createHash("sha256").update("$a\n$b\n").digest("hex").slice(0, 32);
+    expect(contentDigest([a, b])).toBe(expected);
+    expect(contentDigest([bare])).toBe(
+      createHash("sha256")
+        .update(`${JSON.stringify({ ...bare, unsigned: undefined })}\n`)
+        .digest("hex")
+        .slice(0, 32),
+    );
   });
 
   it("a known txnId with other events is handled as new; the same events again are a replay", async () => {
