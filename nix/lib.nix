@@ -206,7 +206,8 @@ let
         names = as.agentNames;
         localpart = as.agentLocalpart;
         inherit (as) restartCommand;
-      };
+      }
+      // optionalAttrs (as ? restartShell && as.restartShell != null) { inherit (as) restartShell; };
     } as.settings;
 
   # The exclusive user namespace: the bot, then the agents (userNamespaces() in TypeScript).

@@ -61,6 +61,7 @@ let
         agentLocalpart
         agentNames
         restartCommand
+        restartShell
         stateDir
         agentStateRoot
         registration
@@ -325,6 +326,17 @@ in
           description = ''
             Command (argv, no shell) run after an agent's token file is (re)written; `{name}` is
             replaced by the agent name. A failure is logged as a warning.
+          '';
+        };
+
+        restartShell = mkOption {
+          type = types.nullOr types.str;
+          default = "${pkgs.dash}/bin/dash";
+          defaultText = literalExpression ''"''${pkgs.dash}/bin/dash"'';
+          description = ''
+            POSIX shell of the fork server that runs `restartCommand` (agents.restartShell; the
+            command itself never goes through a shell). dash forks at about half the CPU of bash,
+            NixOS's `/bin/sh`. `null` leaves hive-matrix's default, `/bin/sh`.
           '';
         };
 

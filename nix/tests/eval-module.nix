@@ -72,6 +72,7 @@ let
     writeShellScript = pkgs.writeText;
     coreutils = fakePackage "coreutils";
     gnugrep = fakePackage "gnugrep";
+    dash = fakePackage "dash";
     formats.json = _: { type = type "json"; };
     callPackage = _path: _args: fakePackage "hive-matrix";
     matrix-tuwunel = fakePackage "tuwunel";

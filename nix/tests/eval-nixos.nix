@@ -90,6 +90,7 @@ let
     testers.runNixOSTest = test: test;
     coreutils = fakePackage "coreutils";
     gnugrep = fakePackage "gnugrep";
+    dash = fakePackage "dash";
     systemd = fakePackage "systemd";
     matrix-tuwunel = fakePackage "tuwunel";
     fluffychat-web = fakePackage "fluffychat-web";

@@ -100,10 +100,11 @@ export class AgentManager extends EventEmitter {
   private batch = { started: 0, outcomes: new Map<string, Outcome>() };
   private idleWaiters: (() => void)[] = [];
   /** Runs the daemon restarts through one fork server, ended by stop(). */
-  readonly restarter = new Restarter();
+  readonly restarter: Restarter;
 
   constructor(private readonly deps: AgentManagerDeps) {
     super();
+    this.restarter = new Restarter(deps.config.agents.restartShell);
     this.log = deps.logger.child({ module: "agents" });
     this.records = new AgentRecords(deps.state, (err) => this.log.error(errorFields(err), "could not save agent records"));
   }

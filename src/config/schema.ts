@@ -130,6 +130,14 @@ export const configSchema = z
           .min(1)
           .default(["systemctl", "restart", "hive-matrix-daemon@{name}"])
           .describe("Command run after an agent's token file is (re)written: argv, no shell; {name} is replaced."),
+        restartShell: z
+          .string()
+          .regex(/^\//, "must be an absolute path")
+          .default("/bin/sh")
+          .describe(
+            "POSIX shell of the fork server that runs the restart commands (the commands themselves never go through a shell). " +
+              "A small shell such as dash forks cheaply; bash costs about twice the CPU per restart. Spawned directly when it does not exist.",
+          ),
         restartTimeoutSeconds: z
           .number()
           .int()

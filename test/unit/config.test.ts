@@ -25,6 +25,7 @@ describe("config validation", () => {
     expect(config.appservice).toMatchObject({ id: "hyperhive", bind: "127.0.0.1", port: 9010, botLocalpart: "hive" });
     expect(config.agents.localpart).toBe("agent-{name}");
     expect(config.agents.restartCommand).toEqual(["systemctl", "restart", "hive-matrix-daemon@{name}"]);
+    expect(config.agents.restartShell).toBe("/bin/sh");
     expect(config.stateDir).toBe("/var/lib/hyperhive/matrix");
   });
 
@@ -46,6 +47,11 @@ describe("config validation", () => {
         "surprise: unknown key",
       ]),
     );
+  });
+
+  it("refuses a restart shell that is not an absolute path (it is run without a PATH lookup)", () => {
+    expect(problemsOf({ ...minimal, agents: { restartShell: "dash" } })).toEqual(["agents.restartShell: must be an absolute path"]);
+    expect(parseConfig({ ...minimal, agents: { restartShell: "/usr/bin/dash" } }).agents.restartShell).toBe("/usr/bin/dash");
   });
 
   it("requires homeserver.url and homeserver.domain, and nothing else", () => {

@@ -232,6 +232,13 @@ describe("nix/module.nix", () => {
       expect((out.polkit as { extraConfig?: string }).extraConfig ?? "").toBe("");
     });
 
+    it("runs the restart commands' fork server under dash unless told otherwise", () => {
+      const agents = (settings: JsonObject): JsonObject => (evalModule(settings).hiveMatrixConfig as { agents: JsonObject }).agents;
+      expect(agents(enabled).restartShell).toMatch(/^\/nix\/store\/[^/]*dash\/bin\/dash$/);
+      const withNull = agents({ ...enabled, appservice: { ...(enabled.appservice as JsonObject), restartShell: null } });
+      expect(withNull).not.toHaveProperty("restartShell");
+    });
+
     it("opens only httpPort, serves the GUI and drops what is turned off", () => {
       const out = evalModule({
         enable: true,
@@ -452,6 +459,7 @@ describe("nix/module.nix", () => {
       "appservice.port",
       "appservice.registration",
       "appservice.restartCommand",
+      "appservice.restartShell",
       "appservice.settings",
       "appservice.stateDir",
       "enable",
@@ -489,6 +497,7 @@ describe("nix/module.nix", () => {
         agentLocalpart: "ai.{name}",
         agentNames: ["alpha", "zeta"],
         restartCommand: ["systemctl", "restart", "agent@{name}.service"],
+        restartShell: "/srv/bin/dash",
         stateDir: "/srv/hm/state",
         agentStateRoot: "/srv/agents",
         registration: "/srv/hm-registration/hive.yaml",
