@@ -136,7 +136,10 @@ describe("nix/module.nix", () => {
       expect(activation.deps).toEqual(expect.arrayContaining(["specialfs", "users"]));
       expect(activation.text).toMatch(/reg='?\/var\/lib\/hyperhive\/matrix-appservice\/registration\.yaml'?\n/);
       expect(activation.text).toContain(`hive-matrix registration --config ${out.configPath as string} --out "$reg"`);
-      expect(out.hiveMatrixConfig).toEqual(lib("hiveMatrixConfig", libInput));
+      // The module's own default on top of lib.nix's: the fork server's shell from the store.
+      const restartShell = (out.hiveMatrixConfig as { agents: JsonObject }).agents.restartShell;
+      expect(restartShell).toMatch(/-dash\/bin\/dash$/);
+      expect(out.hiveMatrixConfig).toEqual(lib("hiveMatrixConfig", { ...libInput, appservice: { operators: [operator], restartShell } }));
     });
 
     it("runs hive-matrix unprivileged: own user, no capabilities, loopback only, no privileged system calls", () => {
