@@ -1,6 +1,18 @@
 import { Writable } from "node:stream";
 import { createLogger, redactSecretKeys, SecretScrubber } from "../../src/logging";
 
+/** A destination that keeps every line a logger writes. */
+function capture(): { lines: string[]; destination: Writable } {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      lines.push(chunk.toString());
+      done();
+    },
+  });
+  return { lines, destination };
+}
+
 describe("SecretScrubber", () => {
   it("replaces a secret wherever it appears: alone, in a URL, glued to other text, several times", () => {
     const s = new SecretScrubber();
@@ -54,13 +66,7 @@ describe("SecretScrubber", () => {
   });
 
   it("keeps every registered secret out of the log lines", async () => {
-    const lines: string[] = [];
-    const destination = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        lines.push(chunk.toString());
-        done();
-      },
-    });
+    const { lines, destination } = capture();
     const { logger, scrubber } = createLogger({ destination });
     scrubber.add("0123456789abcdef0123456789abcdef");
     logger.info({ url: "http://hs/_matrix?access_token=0123456789abcdef0123456789abcdef" }, "in a field");
@@ -99,13 +105,7 @@ describe("redactSecretKeys", () => {
   });
 
   it("applies to every line a logger writes, child bindings included", async () => {
-    const lines: string[] = [];
-    const destination = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        lines.push(chunk.toString());
-        done();
-      },
-    });
+    const { lines, destination } = capture();
     const { logger } = createLogger({ destination });
     logger.child({ module: "m", token: "bound-secret" }).warn({ options: { accessToken: "nested-secret" } }, "x");
     await new Promise((resolve) => setImmediate(resolve));
