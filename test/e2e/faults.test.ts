@@ -113,6 +113,7 @@ describe("faults", () => {
     // runs alongside the start.
     const homeserver = await attachHomeserver(env.homeserver);
     const starting = startRecordedService(config, registration);
+    starting.catch(() => undefined); // a failed start is reported by the await below
     const deadline = Date.now() + 20_000;
     while (!names.some((n) => existsSync(tokenFile(n)))) {
       if (Date.now() > deadline) throw new Error("no agent was provisioned within 20 s");
