@@ -84,3 +84,16 @@ export function diffRequests(before: RequestSnapshot, after: RequestSnapshot): R
     ),
   };
 }
+
+/**
+ * The most frequent routes of `requests` as one line for a scenario's notes, with their count per
+ * agent (`n` agents; 1 gives plain counts) and, with `withMean`, their mean latency.
+ */
+export function routesLine(requests: RequestDiff, n: number, withMean = false): string {
+  return (
+    requests.routes
+      .slice(0, 8)
+      .map((r) => `${r.method} ${r.route} ${round(r.count / n)}${withMean && r.meanMs !== null ? ` (mean ${r.meanMs} ms)` : ""}`)
+      .join(", ") || "none"
+  );
+}

@@ -21,7 +21,7 @@ import { commandCpuMs, cpuMs, forkServerCpuMs, forkServerPid, rssBytes } from ".
 import { restartArgv } from "../../src/agents/restart";
 import { FORK_SERVER_NAME } from "../../src/agents/fork-server";
 import type { MetricRow } from "../lib/report";
-import { diffRequests, type RequestDiff } from "../lib/requests";
+import { diffRequests, routesLine, type RequestDiff } from "../lib/requests";
 import { elapsedMs, now, round } from "../lib/stats";
 import { SERVER_NAME } from "../lib/synapse";
 
@@ -62,15 +62,6 @@ function mb(sample: MemorySample): Record<string, unknown> {
       sample.spaces.filter((s) => s.size > 0).map((s) => [s.name, { size: m(s.size), used: m(s.used), resident: m(s.physical) }]),
     ),
   };
-}
-
-function routes(requests: RequestDiff, n: number): string {
-  return (
-    requests.routes
-      .slice(0, 8)
-      .map((r) => `${r.method} ${r.route} ${round(r.count / n)}`)
-      .join(", ") || "none"
-  );
 }
 
 function phaseDetails(p: Phase, n: number): Record<string, unknown> {
@@ -408,10 +399,10 @@ export const fleet: Scenario = {
     const notes = [
       `The service runs with ${flags}, as nix/module.nix deploys it (NODE_OPTIONS), alone in its process (plain JavaScript, no TypeScript hook). ` +
         `Onboarding ${n} agents from nothing: token files after ${Math.round(m.tokenMs / 1000)} s ` +
-        `(${round(m.tokens.requests.total / n)} requests per agent: ${routes(m.tokens.requests, n)}; ` +
+        `(${round(m.tokens.requests.total / n)} requests per agent: ${routesLine(m.tokens.requests, n)}; ` +
         `hive-matrix CPU ${round(m.tokens.cpuMs.hiveMatrix / n)} ms, homeserver CPU ${round(m.tokens.cpuMs.synapse / n)} ms per agent), ` +
         `all joined after ${Math.round(m.joinedMs / 1000)} s (rooms phase: ${m.rooms.requests.reconcileRuns} reconcile runs, ` +
-        `${round(m.rooms.requests.total / n)} requests per agent: ${routes(m.rooms.requests, n)}; ` +
+        `${round(m.rooms.requests.total / n)} requests per agent: ${routesLine(m.rooms.requests, n)}; ` +
         `hive-matrix CPU ${round(m.rooms.cpuMs.hiveMatrix / n)} ms, homeserver CPU ${round(m.rooms.cpuMs.synapse / n)} ms per agent). ` +
         "CPU times are user + system from /proc/<pid>/stat, so they hold better than wall times on a loaded machine.",
       forkServerNote(m, n, deployed.restartCommandMs),
@@ -435,10 +426,10 @@ export const fleet: Scenario = {
       notes.push(
         `Restart: the service stopped cleanly with ${n} agents joined and started again on the same state dir; ready after ${Math.round(full.readyMs)} ms ` +
           `(from spawning node), quiet (nothing converging, no reconcile, no request for ${QUIET_MS} ms) after ${Math.round(full.quietMs)} ms. ` +
-          `${full.requests.total} requests to the homeserver (${full.requests.reads} reads, ${full.requests.writes} writes): ${routes(full.requests, 1)}; ` +
+          `${full.requests.total} requests to the homeserver (${full.requests.reads} reads, ${full.requests.writes} writes): ${routesLine(full.requests, 1)}; ` +
           `homeserver CPU ${Math.round(full.synapseCpuMs)} ms; hive-matrix CPU ${Math.round(full.serviceCpuMs)} ms for the whole process; ` +
           `RSS after ${round(full.memory.rss / MB)} MB. The baseline is the same instance restarted before any agent existed ` +
-          `(${empty.requests.total} requests: ${routes(empty.requests, 1)}). Token files are compared by inode, mtime and size before and after; ` +
+          `(${empty.requests.total} requests: ${routesLine(empty.requests, 1)}). Token files are compared by inode, mtime and size before and after; ` +
           "daemon restarts are counted by the restart command, which appends the agent's name to a log.",
       );
     }

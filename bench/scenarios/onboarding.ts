@@ -9,18 +9,9 @@ import { onboardLegacy, type LegacyTimings } from "../lib/legacy";
 import { onboardAgents, type Phase } from "../lib/onboard";
 import { pool } from "../lib/pool";
 import { cpuMs } from "../lib/proc";
-import type { RequestDiff } from "../lib/requests";
+import { routesLine } from "../lib/requests";
 import { elapsedMs, now, round, roundSummary, summarize } from "../lib/stats";
 import { createRegistrationToken } from "../lib/synapse";
-
-function routesPerAgent(requests: RequestDiff, n: number): string {
-  return (
-    requests.routes
-      .slice(0, 8)
-      .map((r) => `${r.method} ${r.route} ${round(r.count / n)}${r.meanMs !== null ? ` (mean ${r.meanMs} ms)` : ""}`)
-      .join(", ") || "none"
-  );
-}
 
 function phaseDetails(p: Phase, n: number): Record<string, unknown> {
   return {
@@ -75,10 +66,10 @@ export const onboarding: Scenario = {
         "(hive-matrix: after the service's startup reconcile has created the rooms, so room creation is not counted). " +
         `The restart command is \`${spec.config.agents.restartCommand.join(" ")}\` for both; token files are written by the same symlink-safe writer (0600).`,
       "hive-matrix is measured to both rooms joined; the baseline joins no rooms, so the goal row is conservative for hive-matrix. " +
-        `Token phase: ${Math.round(measured.tokenMs)} ms, ${round(measured.tokens.requests.total / n)} requests per agent (${routesPerAgent(measured.tokens.requests, n)}), ` +
+        `Token phase: ${Math.round(measured.tokenMs)} ms, ${round(measured.tokens.requests.total / n)} requests per agent (${routesLine(measured.tokens.requests, n, true)}), ` +
         `homeserver CPU ${round(measured.tokens.cpuMs.synapse / n)} ms per agent. ` +
         `Rooms phase: ${Math.round(measured.joinedMs - measured.tokenMs)} ms more, ${measured.rooms.requests.reconcileRuns} reconcile runs, ` +
-        `${round(measured.rooms.requests.total / n)} requests per agent (${routesPerAgent(measured.rooms.requests, n)}), ` +
+        `${round(measured.rooms.requests.total / n)} requests per agent (${routesLine(measured.rooms.requests, n, true)}), ` +
         `homeserver CPU ${round(measured.rooms.cpuMs.synapse / n)} ms per agent (${Math.round((measured.rooms.cpuMs.synapse / (measured.joinedMs - measured.tokenMs)) * 100)}% of the phase's wall time).`,
       `Baseline: POST /register (401 + session) then one POST per stage of [${stageNames.slice(1).join(", ")}]; Synapse hashes the password (bcrypt) for every account. ` +
         `Request latency by stage (p50): ${stageNames.map((s, i) => `${s} ${round(summarize(byStage.get(i) ?? []).p50)} ms`).join(", ")}.`,
