@@ -150,31 +150,44 @@ describe("token file status (for !hive agent info)", () => {
   });
 });
 
+/** A new state dir's store. */
+function freshStore(): { dir: string; store: StateStore } {
+  const dir = tempDir();
+  const store = new StateStore(dir);
+  store.init();
+  return { dir, store };
+}
+
+/** The records in `store`, loaded; with `strict`, a failure to save them fails the test. */
+function loadRecords(store: StateStore, strict = false): AgentRecords {
+  const records = new AgentRecords(
+    store,
+    strict
+      ? (err) => {
+          throw err;
+        }
+      : () => undefined,
+  );
+  records.load();
+  return records;
+}
+
 describe("agent records", () => {
   it("persist across instances and count by state", () => {
-    const store = new StateStore(tempDir());
-    store.init();
-    const records = new AgentRecords(store, (err) => {
-      throw err;
-    });
-    records.load();
+    const { store } = freshStore();
+    const records = loadRecords(store, true);
     records.set("alpha", { userId: "@agent-alpha:h", state: "token_written" }, { durable: true });
     records.set("beta", { userId: "@agent-beta:h", state: "failed", reason: "boom" });
     records.flush();
-    const again = new AgentRecords(store, () => undefined);
-    again.load();
+    const again = loadRecords(store);
     expect(again.get("alpha")).toMatchObject({ state: "token_written", source: "discovered" });
     expect(again.get("beta")).toMatchObject({ state: "failed", reason: "boom" });
     expect(again.countsByState()).toMatchObject({ token_written: 1, failed: 1, joined: 0 });
   });
 
   it("keep their counts by state in step through changes, a journal replay and a reload", () => {
-    const store = new StateStore(tempDir());
-    store.init();
-    const records = new AgentRecords(store, (err) => {
-      throw err;
-    });
-    records.load();
+    const { store } = freshStore();
+    const records = loadRecords(store, true);
     const recount = (r: AgentRecords): Record<string, number> => {
       const counts: Record<string, number> = Object.fromEntries(AGENT_STATES.map((s) => [s, 0]));
       for (const [, record] of r.entries()) counts[record.state]++;
@@ -189,20 +202,14 @@ describe("agent records", () => {
     records.set("a3", { userId: "@agent-a3:h", state: "removed" }, { durable: true });
     expect(records.countsByState()).toEqual(recount(records));
     expect(records.countsByState()).toMatchObject({ pending: 8, token_written: 5, joined: 5, failed: 1, removed: 1 });
-    const again = new AgentRecords(store, () => undefined);
-    again.load();
+    const again = loadRecords(store);
     expect(again.countsByState()).toEqual(recount(again));
     expect(again.countsByState()).toEqual(records.countsByState());
   });
 
   it("an update that changes nothing writes nothing; the file holds one agent per line", () => {
-    const dir = tempDir();
-    const store = new StateStore(dir);
-    store.init();
-    const records = new AgentRecords(store, (err) => {
-      throw err;
-    });
-    records.load();
+    const { dir, store } = freshStore();
+    const records = loadRecords(store, true);
     records.set("alpha", { userId: "@agent-alpha:h", state: "joined", leaving: false }, { durable: true });
     records.set("beta", { userId: "@agent-beta:h", state: "token_written" }, { durable: true });
     records.flush();
@@ -220,8 +227,7 @@ describe("agent records", () => {
     records.set("alpha", { userId: "@agent-alpha:h", registering: true }, { durable: true });
     expect(statSync(file, { bigint: true }).ino).toBe(before.ino);
     expect(readFileSync(join(dir, "agents.journal"), "utf8").trim().split("\n")).toHaveLength(2);
-    const reread = new AgentRecords(store, () => undefined);
-    reread.load();
+    const reread = loadRecords(store);
     expect(reread.get("alpha")?.registering).toBe(true);
     expect(reread.get("beta")?.state).toBe("joined");
     // The next rewrite covers the journal and empties it.
@@ -235,13 +241,8 @@ describe("agent records", () => {
   });
 
   it("the journal: lines the file covers are skipped, a torn last line is dropped, a corrupted one is an error", () => {
-    const dir = tempDir();
-    const store = new StateStore(dir);
-    store.init();
-    const records = new AgentRecords(store, (err) => {
-      throw err;
-    });
-    records.load();
+    const { dir, store } = freshStore();
+    const records = loadRecords(store, true);
     records.set("a", { userId: "@a:h", state: "pending", registering: true }, { durable: true });
     records.flush();
     // A crash after the file was rewritten but before the journal was emptied leaves an old line.
@@ -251,17 +252,14 @@ describe("agent records", () => {
     records.flush();
     records.close();
     writeFileSync(journal, `${old}\n{"seq":9,"name":"a","rec`);
-    const again = new AgentRecords(store, () => undefined);
-    again.load();
+    const again = loadRecords(store);
     expect(again.get("a")).toMatchObject({ state: "registered", registering: false });
     writeFileSync(journal, `{ garbage\n${old}\n`);
     expect(() => new AgentRecords(store, () => undefined).load()).toThrow(/agents\.journal: line 1 is corrupted/);
   });
 
   it("after a torn last journal line, the next durable update still loads: the fragment is gone first", () => {
-    const dir = tempDir();
-    const store = new StateStore(dir);
-    store.init();
+    const { dir, store } = freshStore();
     const journal = join(dir, "agents.journal");
     const complete = JSON.stringify({
       seq: 1,
@@ -274,23 +272,19 @@ describe("agent records", () => {
       JSON.stringify({ seq: 2, name: "b", record: { userId: "@b:h", state: "pending", source: "discovered", createdAt: 1, updatedAt: 1 } }),
     ]) {
       writeFileSync(journal, `${complete}\n${torn}`);
-      const records = new AgentRecords(store, () => undefined);
-      records.load();
+      const records = loadRecords(store);
       expect(records.get("a")).toMatchObject({ state: "pending" });
       expect(records.get("b")).toBeUndefined();
       records.set("c", { userId: "@c:h", state: "pending", registering: true }, { durable: true });
       records.close();
-      const again = new AgentRecords(store, () => undefined);
-      again.load();
+      const again = loadRecords(store);
       expect(again.get("c")).toMatchObject({ registering: true });
       expect(readFileSync(journal, "utf8").split("\n").filter(Boolean)).toHaveLength(2);
     }
   });
 
   it("a corrupted agents.json is an error naming the file, not a reset", () => {
-    const dir = tempDir();
-    const store = new StateStore(dir);
-    store.init();
+    const { dir, store } = freshStore();
     writeFileSync(join(dir, "agents.json"), "{ not json");
     const records = new AgentRecords(store, () => undefined);
     expect(() => records.load()).toThrow(StateError);
