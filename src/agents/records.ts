@@ -16,8 +16,9 @@
  * updates each). The next rewrite of `agents.json` records the last journal line it covers and
  * empties the journal; loading replays the lines after that one.
  */
-import { closeSync, constants, fsyncSync, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, constants, fsyncSync, ftruncateSync, openSync, writeSync } from "node:fs";
 import { z } from "zod";
+import { readJournalLines } from "../store/journal-lines";
 import { StateError, type StateStore } from "../store/state-store";
 
 export const AGENT_STATES = ["pending", "registered", "token_written", "joined", "failed", "removed"] as const;
@@ -101,38 +102,15 @@ export class AgentRecords {
     this.journalSeq = file?.journalSeq ?? 0;
     const covered = this.journalSeq;
     const path = this.state.path(AGENTS_JOURNAL);
-    let bytes = Buffer.alloc(0);
-    try {
-      bytes = readFileSync(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT")
-        throw new StateError(path, `cannot read (${(err as NodeJS.ErrnoException).code})`);
-    }
-    const lines = bytes.toString("utf8").split("\n");
-    lines.forEach((line, i) => {
-      if (line === "") return;
-      // The last line without a newline is a write cut off by a crash (even one that parses: its
-      // newline was never written), and its caller never went on. It goes, or the next append would
-      // glue a whole line to it: a corrupted line mid-file, which the next load refuses.
-      if (i === lines.length - 1) {
-        this.dropTornTail(path, bytes.lastIndexOf(10) + 1);
-        return;
-      }
-      let parsed;
-      try {
-        parsed = journalLineSchema.safeParse(JSON.parse(line));
-      } catch {
-        parsed = undefined;
-      }
-      if (!parsed?.success) {
-        throw new StateError(path, `line ${i + 1} is corrupted; restore the file or remove it deliberately`);
-      }
-      const { seq, name, record } = parsed.data;
-      if (seq <= covered) return;
+    const journal = readJournalLines(path, journalLineSchema, "restore the file or remove it deliberately");
+    // Its caller never went on; the next append must not be glued to it.
+    if (journal.torn) this.dropTornTail(path, journal.wholeBytes);
+    for (const { seq, name, record } of journal.entries) {
+      if (seq <= covered) continue;
       this.put(name, record);
       this.journalSeq = Math.max(this.journalSeq, seq);
       this.dirty = true;
-    });
+    }
     this.loaded = true;
   }
 

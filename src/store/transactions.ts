@@ -33,6 +33,7 @@ import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, 
 import { join } from "node:path";
 import { z } from "zod";
 import { fsyncDir, writeFileAtomic } from "./atomic-file";
+import { readJournalLines } from "./journal-lines";
 import { StateError } from "./state-store";
 
 export interface MatrixEvent {
@@ -295,36 +296,14 @@ export class TransactionStore {
   }
 
   private readJournal(): void {
-    let text = "";
-    try {
-      text = readFileSync(this.path, "utf8");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOENT") return;
-      throw new StateError(this.path, `cannot read (${code ?? String(err)})`);
-    }
-    const lines = text.split("\n");
-    lines.forEach((line, i) => {
-      if (line === "") return;
-      // The last line without a newline is a write cut off by a crash (even one that parses: its
-      // newline was never written): never acknowledged, so dropped.
-      if (i === lines.length - 1) {
-        this.tornTail = true;
-        return;
-      }
-      let parsed;
-      try {
-        parsed = lineSchema.safeParse(JSON.parse(line));
-      } catch {
-        parsed = undefined;
-      }
-      if (!parsed?.success) {
-        throw new StateError(
-          this.path,
-          `line ${i + 1} is corrupted; it may hold acknowledged events, so it is not dropped: restore the file or remove it deliberately`,
-        );
-      }
-      const record = parsed.data;
+    const journal = readJournalLines(
+      this.path,
+      lineSchema,
+      "it may hold acknowledged events, so it is not dropped: restore the file or remove it deliberately",
+    );
+    // Never acknowledged; open() rewrites the journal before appending to it.
+    this.tornTail = journal.torn;
+    for (const record of journal.entries) {
       this.lines++;
       if ("a" in record) {
         this.seq = Math.max(this.seq, record.a);
@@ -334,7 +313,7 @@ export class TransactionStore {
       } else if ("d" in record) this.unhandled.delete(record.d);
       // Without a digest the content is unknown: not taken as seen (see the top of this file).
       else if (record.h !== undefined) this.remember(record.s, record.h);
-    });
+    }
   }
 
   /**
