@@ -202,9 +202,6 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
         journal: {
           flushes: service.transactions.flushes,
           flushMs: service.transactions.flushMs,
-          // One write at a time: the time some write was under way is the sum of their times.
-          busyMs: service.transactions.flushMs,
-          overlapped: 0,
         },
         // Cumulative: the bench takes differences between phases.
         eventLoopActiveMs: performance.eventLoopUtilization().active,

@@ -48,7 +48,7 @@ interface Drain {
   /** How long handling them took (outside the measured phase). */
   ms: number;
   /** The journal's writes so far: how many, how long they took in all (each to the disk's acknowledgement, overlapping ones in full), wall time with one under way, how many started while another was. */
-  journal: { flushes: number; flushMs: number; busyMs: number; overlapped: number };
+  journal: { flushes: number; flushMs: number };
   /** Milliseconds the event loop has been busy since the process started. */
   eventLoopActiveMs: number;
 }
@@ -287,8 +287,8 @@ export const ingest: Scenario = {
           writes,
           txnPerWrite: writes ? t.saturation.result.ok / writes : 0,
           msPerWrite: writes ? ms / writes : 0,
-          busyShare: (after.busyMs - before.busyMs) / d.saturationMs,
-          overlappedShare: writes ? (after.overlapped - before.overlapped) / writes : 0,
+          // One write at a time: the time some write was under way is the sum of their times.
+          busyShare: (after.flushMs - before.flushMs) / d.saturationMs,
           // Includes the drain of the phase's backlog, which is part of its work.
           loopBusyShare:
             (t.drains.saturation.eventLoopActiveMs - t.drains["fixed rate"].eventLoopActiveMs) / (d.saturationMs + t.drains.saturation.ms),
@@ -316,7 +316,7 @@ export const ingest: Scenario = {
         notes.push(
           `The journal during the best saturation round, as the service saw it: ${bestSat.writes} writes of ${round(bestSat.txnPerWrite)} transactions ` +
             `(with the done lines riding along), ${round(bestSat.msPerWrite)} ms each from the write to the disk's acknowledgement as the event loop saw it ` +
-            `(the callback waits for the event loop too)${bestSat.overlappedShare > 0 ? `, ${Math.round(bestSat.overlappedShare * 100)} % of them started while another was under way` : ""}; ` +
+            `(the callback waits for the event loop too); ` +
             `at least one write was under way ${Math.round(bestSat.busyShare * 100)} % of the phase; the event loop (parsing, journal bookkeeping, handling the events after the 200) ` +
             `was busy ${Math.round(bestSat.loopBusyShare * 100)} % of it. An event loop near 100 % is what limits (the CPU): a write's time then includes waiting for the loop to take its ` +
             "callback, so the journal looks busy without the disk being the limit.",
@@ -326,7 +326,7 @@ export const ingest: Scenario = {
       const worst = backlog.reduce<Drain>((a, c) => (c.queued > a.queued ? c : a), {
         queued: 0,
         ms: 0,
-        journal: { flushes: 0, flushMs: 0, busyMs: 0, overlapped: 0 },
+        journal: { flushes: 0, flushMs: 0 },
         eventLoopActiveMs: 0,
       });
       notes.push(
@@ -418,7 +418,6 @@ export const ingest: Scenario = {
                   txnPerWrite: round(j.txnPerWrite),
                   msPerWrite: round(j.msPerWrite),
                   busyShare: round(j.busyShare),
-                  overlappedShare: round(j.overlappedShare),
                   loopBusyShare: round(j.loopBusyShare),
                 }
               : null,
