@@ -14,6 +14,8 @@ export class EventQueue {
   private readonly pending: InboxEntry[] = [];
   private readonly handlers: EventHandler[] = [];
   private running = false;
+  /** A drain is scheduled (see push). */
+  private scheduled = false;
   private started = false;
   private stopped = false;
   private idleWaiters: (() => void)[] = [];
@@ -28,10 +30,20 @@ export class EventQueue {
     this.handlers.push(handler);
   }
 
+  /**
+   * Queues the entry; handling starts once the I/O already read is through (setImmediate), so an
+   * acknowledgement that is ready goes out before the events are handled, not after.
+   */
   push(entry: InboxEntry): void {
     this.pending.push(entry);
     this.metrics.eventQueue.set(this.pending.length);
-    if (this.started && !this.stopped) void this.drain();
+    if (this.started && !this.stopped && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        void this.drain();
+      });
+    }
   }
 
   /** Handling waits for start(): events may arrive before the service is ready. */

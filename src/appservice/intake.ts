@@ -23,9 +23,10 @@ export class TransactionIntake {
     this.log = logger.child({ module: "appservice-intake" });
   }
 
-  /** Makes the transaction durable and queues its events, unless it is a replay. */
+  /** Queues the transaction's events and makes it durable, unless it is a replay; resolves once it is on disk. */
   async receive(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<IntakeResult> {
-    const intake = await this.store.accept(txnId, events, raw);
+    // Handled from the moment its line is queued for the disk; the answer waits for the disk.
+    const intake = await this.store.accept(txnId, events, raw, (entry) => this.queue.push(entry));
     if (intake.result === "duplicate") {
       this.log.info({ txnId, events: events.length }, "transaction delivered again with the same events: acknowledged, not handled again");
       return "duplicate";
@@ -46,7 +47,6 @@ export class TransactionIntake {
       );
       this.reusedInRun = 0;
     }
-    this.queue.push(intake.entry);
     return intake.result;
   }
 }

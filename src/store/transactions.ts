@@ -9,7 +9,16 @@
  * of its own (a crash before it is written replays the transaction; handlers are idempotent or, for
  * commands, de-duplicated by event ID): it rides along with the next transaction's write, or goes
  * out on its own after DONE_DELAY_MS when none comes, so a homeserver sending one transaction at a
- * time costs one synchronous write per transaction, not two. After a crash the unhandled transactions are replayed and
+ * time costs one synchronous write per transaction, not two.
+ *
+ * A transaction's events may be handled while its line is being written: the homeserver gets its
+ * answer only once the line is on disk, but the handlers need not wait for the disk, which with
+ * one transaction in flight (how Synapse sends) would put the handling and the sync end to end.
+ * What can go wrong is what a crash between handling and the done line already allows: the events
+ * were handled and the transaction is delivered again (here because the write failed or the service
+ * died before it, so the homeserver got no 200), and handlers are idempotent or de-duplicated.
+ *
+ * After a crash the unhandled transactions are replayed and
  * their txnIds count as seen, so the homeserver's redelivery is acknowledged without being queued
  * twice. The journal is compacted to the most recent `capacity` txnIds plus unhandled entries.
  *
@@ -29,7 +38,7 @@
  * inbox/) is migrated on open; the log's txnIds, which carry no content either, are not kept.
  */
 import { createHash } from "node:crypto";
-import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, rmSync, write } from "node:fs";
+import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, rmSync, write, writeSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { fsyncDir, writeFileAtomic } from "./atomic-file";
@@ -88,6 +97,17 @@ const legacyInboxSchema = z.object({ seq: z.number().int(), txnId: z.string(), e
 const JOURNAL = "transactions.journal";
 /** How long `done` lines wait for a transaction's write to ride along with. */
 const DONE_DELAY_MS = 1000;
+/**
+ * A write with one transaction in it goes out on the event loop (a synchronous write) while writes
+ * take less than this on average; above it, the loop would stall for as long as the disk takes.
+ */
+const SYNC_WRITE_MAX_MS = 1;
+/**
+ * ...and while the last this many transactions each arrived with no other unanswered: a homeserver
+ * that sends several at a time would otherwise meet a loop that cannot parse them during the write
+ * (a single transaction in a write is common then too, between two groups).
+ */
+const ALONE_STREAK = 8;
 const LEGACY_LOG = "transactions.log";
 const LEGACY_INBOX = "inbox";
 
@@ -99,6 +119,10 @@ interface Waiter {
    * bookkeeping of `accept` must be in memory by then, or the compacted journal would lack it.
    */
   written?: () => void;
+}
+
+function writeAllSync(fd: number, data: Buffer): void {
+  for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
 }
 
 function writeAll(fd: number, data: Buffer): Promise<void> {
@@ -138,6 +162,9 @@ export class TransactionStore {
   private readonly unhandled = new Map<number, InboxEntry>();
   /** Transactions whose write is under way: a second delivery waits for it instead of being acknowledged early. */
   private readonly inFlight = new Map<string, { written: Promise<void>; digest: string }>();
+  /** Seqs of accepted lines not yet on disk, and those of them whose events were all handled already. */
+  private readonly writing = new Set<number>();
+  private readonly handledEarly = new Set<number>();
   private fd: number | null = null;
   private seq = 0;
   private lines = 0;
@@ -149,10 +176,18 @@ export class TransactionStore {
   private doneLines: string[] = [];
   private doneTimer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
+  /** The write on the thread pool, while there is one (see close). */
+  private writeUnderWay: Promise<void> | undefined;
   /** Disk writes made: fewer than transactions when group commit is at work. */
   flushes = 0;
   /** Milliseconds those writes took, from the write's start to the disk's acknowledgement: what the disk gave. */
   flushMs = 0;
+  /** Of those writes, the ones made on the event loop (one transaction, a fast disk). */
+  syncFlushes = 0;
+  /** Moving average of the writes' durations (ms): whether a synchronous write is cheap enough. */
+  private recentWriteMs = 0;
+  /** Transactions in a row that arrived with none other unanswered: the homeserver sends one at a time. */
+  private aloneStreak = 0;
 
   constructor(
     private readonly dir: string,
@@ -186,9 +221,10 @@ export class TransactionStore {
   /**
    * Makes the transaction durable unless it is a replay (same txnId, same events); after this
    * resolves, acknowledging it is safe. A delivery of a transaction whose write is under way waits
-   * for that write.
+   * for that write. `queued` gets the entry as soon as its line is queued for the disk, so its
+   * events can be handled while the write is under way (see the top of this file).
    */
-  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<Intake> {
+  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer, queued?: (entry: InboxEntry) => void): Promise<Intake> {
     if (this.fd === null) throw new Error("transaction store is not open");
     const digest = contentDigest(events);
     const writing = this.inFlight.get(txnId);
@@ -202,20 +238,33 @@ export class TransactionStore {
     const line = rawLine(entry, raw) ?? `${JSON.stringify({ a: entry.seq, id: txnId, e: events })}\n`;
     const written = this.enqueue(line, () => {
       this.remember(txnId, digest);
-      this.unhandled.set(entry.seq, entry);
+      // Handled while its line was being written: nothing left for a compaction to keep.
+      if (!this.handledEarly.has(entry.seq)) this.unhandled.set(entry.seq, entry);
     });
+    // Another transaction still unanswered: the homeserver sends more than one at a time.
+    this.aloneStreak = this.inFlight.size === 0 ? this.aloneStreak + 1 : 0;
     this.inFlight.set(txnId, { written, digest });
+    this.writing.add(entry.seq);
+    queued?.(entry);
     try {
       await written;
     } finally {
       if (this.inFlight.get(txnId)?.written === written) this.inFlight.delete(txnId);
+      this.writing.delete(entry.seq);
+      this.handledEarly.delete(entry.seq);
     }
     return { result: known === undefined ? "accepted" : "reused_id", entry };
   }
 
   /** Called once every event of the entry has been handled. */
   done(entry: InboxEntry): void {
-    if (!this.unhandled.delete(entry.seq) || this.fd === null) return;
+    if (this.fd === null) return;
+    if (!this.unhandled.delete(entry.seq)) {
+      // Not in the journal yet: handled while its line is being written (or waiting to be). Its done
+      // line can only go out in a later write than its accepted line, or later in the same one.
+      if (!this.writing.has(entry.seq)) return;
+      this.handledEarly.add(entry.seq);
+    }
     // Nobody waits for it: it joins the next write, or goes out on its own after a while.
     this.doneLines.push(`${JSON.stringify({ d: entry.seq })}\n`);
     if (!this.doneTimer) {
@@ -234,10 +283,22 @@ export class TransactionStore {
     this.close();
   }
 
-  /** Closes at once; queued lines not yet written are lost, as in a crash. */
+  /**
+   * Closes at once; queued lines not yet written are lost, as in a crash. A write already handed to
+   * the thread pool finishes first: closing its descriptor under it would fail it, or send it into
+   * whatever file next gets the descriptor's number.
+   */
   close(): void {
-    if (this.fd !== null) closeSync(this.fd);
+    const fd = this.fd;
     this.fd = null;
+    if (fd !== null) {
+      if (this.writeUnderWay)
+        void this.writeUnderWay.then(
+          () => closeSync(fd),
+          () => closeSync(fd),
+        );
+      else closeSync(fd);
+    }
     clearTimeout(this.doneTimer);
     this.doneTimer = undefined;
     this.doneLines = [];
@@ -255,7 +316,17 @@ export class TransactionStore {
     return done;
   }
 
+  /**
+   * Writes what is queued, in rounds, until nothing is. The first round waits for the I/O already
+   * read to be parsed (setImmediate), so the transactions that arrived together share it. While
+   * the homeserver sends one transaction at a time (as Synapse does) and the disk is fast, a round
+   * goes out on the event loop: nothing else could be parsed during the write, and the thread
+   * pool's round trip would only add its thread switches and a wake-up of the loop to every
+   * acknowledgement. Otherwise the write goes through the thread pool, so the loop parses the next
+   * transactions during the write and they share the next one (group commit).
+   */
   private async flush(): Promise<void> {
+    await new Promise((resolve) => setImmediate(resolve));
     while (this.queued.length > 0) {
       const lines = this.queued;
       const waiters = this.waiters;
@@ -265,9 +336,19 @@ export class TransactionStore {
         if (this.fd === null) throw new Error("transaction store is closed");
         const data = Buffer.concat(lines.map((l) => (typeof l === "string" ? Buffer.from(l, "utf8") : l)));
         const started = process.hrtime.bigint();
-        await writeAll(this.fd, data);
-        this.flushMs += Number(process.hrtime.bigint() - started) / 1e6;
+        // Exactly one waiter for a transaction (a done-only write has none and no one waits for it).
+        const onLoop =
+          this.aloneStreak >= ALONE_STREAK && this.recentWriteMs < SYNC_WRITE_MAX_MS && waiters.filter((w) => w.written).length === 1;
+        if (onLoop) writeAllSync(this.fd, data);
+        else {
+          this.writeUnderWay = writeAll(this.fd, data).finally(() => (this.writeUnderWay = undefined));
+          await this.writeUnderWay;
+        }
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        this.recentWriteMs += (ms - this.recentWriteMs) / 8;
+        this.flushMs += ms;
         this.flushes++;
+        if (onLoop) this.syncFlushes++;
         this.lines += lines.length;
         waiters.forEach((w) => {
           w.written?.();

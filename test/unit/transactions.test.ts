@@ -107,6 +107,83 @@ describe("transaction store", () => {
     }
   });
 
+  it("events may be handled while their line is written: the done line follows it, and nothing is replayed", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir, 3);
+    store.open();
+    const handled: string[] = [];
+    const accepts: Promise<unknown>[] = [];
+    for (let i = 0; i < 12; i++) {
+      // Handled at once, as the event queue does it, before the write that carries the line returned.
+      accepts.push(
+        store.accept(`e${i}`, [{ type: "m.room.message", event_id: `$e${i}` }], undefined, (entry) => {
+          handled.push(entry.txnId);
+          if (i !== 5) store.done(entry);
+        }),
+      );
+      expect(handled).toHaveLength(i + 1);
+    }
+    await Promise.all(accepts);
+    await store.flushAndClose();
+    const journal = readFileSync(join(dir, "transactions.journal"), "utf8");
+    // Compacted (capacity 3) after these writes, the one not handled kept; a done line never precedes its transaction.
+    for (const [, seq] of journal.matchAll(/\{"d":(\d+)\}/g)) {
+      const accepted = journal.indexOf(`{"a":${seq},`);
+      if (accepted >= 0) expect(accepted).toBeLessThan(journal.indexOf(`{"d":${seq}}`));
+    }
+    const again = new TransactionStore(dir, 3);
+    expect(again.open().map((e) => e.txnId)).toEqual(["e5"]);
+    expect(again.has("e11")).toBe(true);
+    again.close();
+  });
+
+  it("a transaction handled early but never written is not known: its redelivery is handled again", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir);
+    store.open();
+    let handled = 0;
+    // x0's write has begun; x1's line waits for the next one, and the service dies first (close()
+    // drops queued lines): x1 was handled and never acknowledged.
+    const first = store.accept("x0", [{ type: "m.room.message", event_id: "$x0" }]);
+    await new Promise((resolve) => setImmediate(resolve));
+    const lost = store.accept("x1", [{ type: "m.room.message", event_id: "$x1" }], undefined, (entry) => {
+      handled++;
+      store.done(entry);
+    });
+    store.close();
+    await expect(lost).rejects.toThrow(/closed/);
+    await first;
+    const next = new TransactionStore(dir);
+    expect(next.open().map((e) => e.txnId)).toEqual(["x0"]);
+    expect(next.has("x1")).toBe(false);
+    const again = await next.accept("x1", [{ type: "m.room.message", event_id: "$x1" }], undefined, () => handled++);
+    expect(again).toMatchObject({ result: "accepted" });
+    expect(handled).toBe(2);
+    next.close();
+  });
+
+  it("one transaction at a time is written on the event loop; once two overlap, writes go to the thread pool for a while", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir);
+    store.open();
+    const one = (id: string): Promise<unknown> => store.accept(id, [{ type: "m.room.message", event_id: `$${id}` }]);
+    for (let i = 0; i < 20; i++) await one(`a${i}`);
+    // After the first few (a homeserver that sends one at a time is told apart first), all on the loop.
+    expect(store.syncFlushes).toBeGreaterThanOrEqual(10);
+    // Two unanswered at once: the homeserver sends concurrently; the loop must stay free to parse.
+    const sync = store.syncFlushes;
+    await Promise.all([one("b1"), one("b2")]);
+    for (let i = 0; i < 5; i++) await one(`c${i}`);
+    expect(store.syncFlushes).toBe(sync);
+    // One at a time for long enough again: back on the loop.
+    for (let i = 0; i < 10; i++) await one(`d${i}`);
+    expect(store.syncFlushes).toBeGreaterThan(sync);
+    await store.flushAndClose();
+    const again = new TransactionStore(dir);
+    expect(again.open()).toHaveLength(37);
+    again.close();
+  });
+
   it("compacts to the most recent txnIds and the unhandled entries", async () => {
     const dir = tempDir();
     const store = new TransactionStore(dir, 5);
