@@ -79,6 +79,9 @@ export class EventQueue {
         this.store.done(entry);
         this.pending.shift();
         this.metrics.eventQueue.set(this.pending.length);
+        // One transaction at a time: a journal write's completion or a request that arrived meanwhile
+        // is taken between two, instead of waiting behind the whole backlog.
+        if (this.pending.length > 0) await new Promise((resolve) => setImmediate(resolve));
       }
     } finally {
       this.running = false;

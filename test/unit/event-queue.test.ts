@@ -53,6 +53,23 @@ describe("event queue", () => {
     expect(done).toEqual([1, 2]);
   });
 
+  it("a backlog does not hold the event loop: I/O callbacks run between two transactions", async () => {
+    const { q, done } = queue();
+    const seen: string[] = [];
+    q.on((e) => {
+      seen.push(e.event_id ?? "");
+      // Stands for a journal write's completion or a request arriving while the backlog is handled.
+      if (e.event_id === "$1") setImmediate(() => seen.push("io"));
+    });
+    q.push(entry(1, "$1", "$2"));
+    q.push(entry(2, "$3"));
+    q.push(entry(3, "$4"));
+    q.start();
+    await q.idle();
+    expect(seen).toEqual(["$1", "$2", "io", "$3", "$4"]);
+    expect(done).toEqual([1, 2, 3]);
+  });
+
   it("a handler that throws or rejects is counted and logged; the other handlers and events still run", async () => {
     const { q, done, metrics } = queue();
     const seen: string[] = [];
