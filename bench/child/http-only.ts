@@ -3,7 +3,12 @@
  * src/service.ts wires it, with the same auth, body limit, validation and metrics) with an
  * in-memory de-duplication set instead of the durable TransactionStore. Comparing it with the real
  * service separates the cost of the HTTP layer from the cost of durability.
+ *
+ * With `journal`, it is also the least a durable service can do: each transaction's body is
+ * appended to that file, opened with O_DSYNC, on the event loop before the 200; nothing else (no
+ * digest, no handling). With one transaction in flight, what it reaches is the serial bound.
  */
+import { closeSync, constants, openSync, writeSync } from "node:fs";
 import { createAppserviceApp } from "../../src/appservice/http";
 import { createLogger } from "../../src/logging";
 import { Metrics } from "../../src/metrics";
@@ -12,6 +17,8 @@ import { runChild, serveSimpleTarget } from "../lib/child";
 export interface HttpOnlyInit {
   port: number;
   hsToken: string;
+  /** A file to append each transaction's body to, synchronously and durably, before answering. */
+  journal?: string;
 }
 
 function main(): void {
@@ -21,10 +28,20 @@ function main(): void {
   const { logger } = createLogger({ level: "warn" });
   const metrics = new Metrics({ defaultMetrics: true });
   const seen = new Set<string>();
+  const fd =
+    init.journal === undefined
+      ? undefined
+      : openSync(init.journal, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC, 0o600);
+  const newline = Buffer.from("\n");
+  process.once("exit", () => fd !== undefined && closeSync(fd));
   const app = createAppserviceApp(
     {
-      onTransaction: async (txnId) => {
+      onTransaction: async (txnId, events, raw) => {
         if (seen.has(txnId)) return "duplicate";
+        if (fd !== undefined) {
+          const data = Buffer.concat([raw ?? Buffer.from(JSON.stringify({ events })), newline]);
+          for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
+        }
         seen.add(txnId);
         return "accepted";
       },

@@ -187,9 +187,11 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
       const counts = await service.metrics.transactions.get();
       const text = counts.values.map((v) => `${v.value} ${String(v.labels.result)}`).join(", ") || "no transactions";
       // Transactions and done lines share the journal's writes: fewer writes than transactions is group commit at work.
-      const { flushes, flushMs } = service.transactions;
+      const { flushes, flushMs, syncFlushes } = service.transactions;
       return {
-        text: `${text}; ${flushes} journal writes, ${flushes ? Math.round((flushMs / flushes) * 1000) / 1000 : 0} ms each on average (write to the disk's acknowledgement, as the service saw it)`,
+        text:
+          `${text}; ${flushes} journal writes (${syncFlushes} of them on the event loop), ` +
+          `${flushes ? Math.round((flushMs / flushes) * 1000) / 1000 : 0} ms each on average (write to the disk's acknowledgement, as the service saw it)`,
       };
     }
     case "drain": {
@@ -202,6 +204,7 @@ async function answer(service: HiveMatrixService, request: HostRequest): Promise
         journal: {
           flushes: service.transactions.flushes,
           flushMs: service.transactions.flushMs,
+          syncFlushes: service.transactions.syncFlushes,
         },
         // Cumulative: the bench takes differences between phases.
         eventLoopActiveMs: performance.eventLoopUtilization().active,

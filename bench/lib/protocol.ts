@@ -97,7 +97,7 @@ export interface HostReplies {
   drain: {
     queued: number;
     ms: number;
-    journal: { flushes: number; flushMs: number };
+    journal: { flushes: number; flushMs: number; syncFlushes: number };
     /** Milliseconds the event loop has been busy since the process started. */
     eventLoopActiveMs: number;
   };
