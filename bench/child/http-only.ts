@@ -5,10 +5,14 @@
  * service separates the cost of the HTTP layer from the cost of durability.
  *
  * With `journal`, it is also the least a durable service can do: each transaction's body is
- * appended to that file, opened with O_DSYNC, on the event loop before the 200; nothing else (no
- * digest, no handling). With one transaction in flight, what it reaches is the serial bound.
+ * appended to that file, opened with O_DSYNC, before the 200; nothing else (no digest, no
+ * handling, no done lines). `durable: "serial"` appends on the event loop, the fastest way with
+ * one transaction in flight; `durable: "group"` commits in groups, one write at a time on the
+ * thread pool with every body queued meanwhile in the next, the first write of a round waiting for
+ * the I/O already read (setImmediate), which is how to go fastest with several in flight. What
+ * they reach at 1 and at 8 in flight is the bound a durable service is judged against.
  */
-import { closeSync, constants, openSync, writeSync } from "node:fs";
+import { closeSync, constants, openSync, write, writeSync } from "node:fs";
 import { createAppserviceApp } from "../../src/appservice/http";
 import { createLogger } from "../../src/logging";
 import { Metrics } from "../../src/metrics";
@@ -17,8 +21,43 @@ import { runChild, serveSimpleTarget } from "../lib/child";
 export interface HttpOnlyInit {
   port: number;
   hsToken: string;
-  /** A file to append each transaction's body to, synchronously and durably, before answering. */
+  /** A file to append each transaction's body to, durably, before answering. */
   journal?: string;
+  /** How: on the event loop, or in groups on the thread pool (see above). */
+  durable?: "serial" | "group";
+}
+
+/** Group commit: bodies queued while a write is under way go out together in the next. */
+function groupWriter(fd: number): (data: Buffer) => Promise<void> {
+  let queued: Buffer[] = [];
+  let waiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
+  let writing = false;
+  const writeAll = (data: Buffer, offset: number, done: (err: Error | null) => void): void =>
+    write(fd, data, offset, data.length - offset, null, (err, written) => {
+      if (err) done(err);
+      else if (offset + written < data.length) writeAll(data, offset + written, done);
+      else done(null);
+    });
+  const flush = (): void => {
+    const data = Buffer.concat(queued);
+    const settled = waiters;
+    queued = [];
+    waiters = [];
+    writeAll(data, 0, (err) => {
+      settled.forEach((w) => (err ? w.reject(err) : w.resolve()));
+      if (queued.length > 0) flush();
+      else writing = false;
+    });
+  };
+  return (data) =>
+    new Promise((resolve, reject) => {
+      queued.push(data);
+      waiters.push({ resolve, reject });
+      if (!writing) {
+        writing = true;
+        setImmediate(flush);
+      }
+    });
 }
 
 function main(): void {
@@ -34,13 +73,15 @@ function main(): void {
       : openSync(init.journal, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC, 0o600);
   const newline = Buffer.from("\n");
   process.once("exit", () => fd !== undefined && closeSync(fd));
+  const grouped = fd !== undefined && init.durable === "group" ? groupWriter(fd) : undefined;
   const app = createAppserviceApp(
     {
       onTransaction: async (txnId, events, raw) => {
         if (seen.has(txnId)) return "duplicate";
         if (fd !== undefined) {
           const data = Buffer.concat([raw ?? Buffer.from(JSON.stringify({ events })), newline]);
-          for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
+          if (grouped) await grouped(data);
+          else for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
         }
         seen.add(txnId);
         return "accepted";

@@ -3,14 +3,14 @@
  * de-duplication on (each transaction is on disk in the journal before the 200), against a bare
  * matrix-bot-sdk Appservice (in-memory store, no-op handler) under the same load. A diagnostic
  * target runs hive-matrix's HTTP layer with an in-memory de-dup set: the cost of the HTTP layer
- * alone; a second one (1 in flight only) adds one O_DSYNC append of each body before the 200: the
- * least a durable service can do. Each target runs in its own process; the load generator runs in
- * the bench process.
+ * alone; two more add the O_DSYNC appends of the bodies before the 200, one per transaction on the
+ * event loop (measured with 1 in flight) and in groups (with 8): the least a durable service can
+ * do. Each target runs in its own process; the load generator runs in the bench process.
  *
- * Goals are judged against the bound that applies in this run: at 8 in flight the lower of the
- * disk's limit (probed here) and what the CPU allows (the HTTP layer alone at 8 in flight); with 1
- * in flight the serial bound (what the least durable service reaches, measured). The share of the
- * disk's limit as the issue defines it is reported too, as information.
+ * Goals are judged against the bound that applies in this run: what the least durable service
+ * (the same HTTP layer and O_DSYNC appends of the bodies, nothing else) reaches, measured, at 1 and
+ * at 8 in flight. The share of the disk's limit as the issue defines it (group size ÷ sync latency
+ * × events per transaction) is reported too, as information: it leaves out the CPU.
  */
 import { join } from "node:path";
 import { newToken } from "../../src/registration";
@@ -37,8 +37,14 @@ const LABEL: Record<Who, string> = {
   baseline: "matrix-bot-sdk Appservice (baseline)",
   http: "hive-matrix HTTP layer, in-memory de-dup (diagnostic)",
 };
-const DURABLE_LABEL =
-  "hive-matrix HTTP layer + one O_DSYNC append of the body per transaction, nothing else (the serial bound, 1 in flight only)";
+/** The least durable services (see http-only.ts), each measured where it is the fastest way: the bounds. */
+const DURABLE = ["serial", "group"] as const;
+type Durable = (typeof DURABLE)[number];
+const DURABLE_LABEL: Record<Durable, string> = {
+  serial:
+    "hive-matrix HTTP layer + one O_DSYNC append of the body per transaction on the event loop, nothing else (the bound with 1 in flight)",
+  group: `hive-matrix HTTP layer + the bodies appended with O_DSYNC in groups on the thread pool, nothing else (the bound with ${SATURATION_CONCURRENCY} in flight)`,
+};
 
 interface Phase {
   result: LoadResult;
@@ -135,13 +141,20 @@ async function measure(
   return { fixed, saturation, sequential, drains };
 }
 
-/** The least durable service (see http-only.ts), with 1 in flight only: the serial bound, measured. */
-async function measureSequential(target: Target, pid: number | undefined, bodies: Buffer[], tag: string, d: Durations): Promise<Phase> {
+/** A least durable service (see http-only.ts), closed loop with `concurrency` in flight only. */
+async function measureBound(
+  target: Target,
+  pid: number | undefined,
+  bodies: Buffer[],
+  tag: string,
+  concurrency: number,
+  d: Durations,
+): Promise<Phase> {
   const prefix = `bench-${target.name}-${tag}-${Date.now()}`;
   const loop = (name: string, durationMs: number) => () =>
-    closedLoop(target, bodies, { concurrency: 1, durationMs, eventsPerTxn: EVENTS_PER_TXN, txnPrefix: `${prefix}-${name}` });
+    closedLoop(target, bodies, { concurrency, durationMs, eventsPerTxn: EVENTS_PER_TXN, txnPrefix: `${prefix}-${name}` });
   await loop("warm", d.warmupMs)();
-  const { value, cpuMs } = await withCpu(pid, loop("seq", d.sequentialMs));
+  const { value, cpuMs } = await withCpu(pid, loop("run", concurrency === 1 ? d.sequentialMs : d.saturationMs));
   return { result: value, cpuMsPerTxn: value.ok > 0 ? cpuMs / value.ok : Number.NaN };
 }
 
@@ -152,15 +165,15 @@ function best(runs: TargetRun[], pick: (r: TargetRun) => Phase, better: (a: Phas
 const higher = (a: Phase, b: Phase): boolean => a.result.eventsPerSecond > b.result.eventsPerSecond;
 const lowerP99 = (a: Phase, b: Phase): boolean => a.result.latencyMs.p99 < b.result.latencyMs.p99;
 
-async function startTargets(ctx: BenchContext, started: ChildHost[]): Promise<Record<Who | "durable", Running>> {
+async function startTargets(ctx: BenchContext, started: ChildHost[]): Promise<Record<Who | Durable, Running>> {
   const spec = ctx.synapse.hives.get("ingest");
   if (!spec) throw new Error("no ingest instance was prepared");
   const hive = await ctx.startHive("ingest");
   started.push(hive.host);
-  const spawn = async (who: Who | "durable", script: string, init: Record<string, unknown>, hsToken: string): Promise<Running> => {
+  const spawn = async (who: Who | Durable, script: string, init: Record<string, unknown>, hsToken: string): Promise<Running> => {
     const port = await freePort();
     const host = await ChildHost.spawn({
-      name: who === "durable" ? DURABLE_LABEL : LABEL[who],
+      name: who === "serial" || who === "group" ? DURABLE_LABEL[who] : LABEL[who],
       script,
       args: [JSON.stringify({ ...init, port })],
       logFile: join(ctx.runDir, `ingest-${who}.log`),
@@ -182,7 +195,18 @@ async function startTargets(ctx: BenchContext, started: ChildHost[]): Promise<Re
       baselineToken,
     ),
     http: await spawn("http", ctx.scripts.httpOnly, { ...httpInit }, httpToken),
-    durable: await spawn("durable", ctx.scripts.httpOnly, { ...httpInit, journal: join(ctx.runDir, "ingest-durable.journal") }, httpToken),
+    serial: await spawn(
+      "serial",
+      ctx.scripts.httpOnly,
+      { ...httpInit, durable: "serial", journal: join(ctx.runDir, "ingest-serial.journal") },
+      httpToken,
+    ),
+    group: await spawn(
+      "group",
+      ctx.scripts.httpOnly,
+      { ...httpInit, durable: "group", journal: join(ctx.runDir, "ingest-group.journal") },
+      httpToken,
+    ),
   };
 }
 
@@ -211,7 +235,7 @@ export const ingest: Scenario = {
       });
       const diskBefore = probe();
       const runs: Record<Who, TargetRun[]> = { hive: [], baseline: [], http: [] };
-      const durableRuns: Phase[] = [];
+      const boundRuns: Record<Durable, Phase[]> = { serial: [], group: [] };
       for (let r = 0; r < rounds; r++) {
         // Rotate who goes first, so a noisy neighbour does not always hit the same target.
         const order = TARGETS.map((_, i) => TARGETS[(i + r) % TARGETS.length]);
@@ -220,8 +244,11 @@ export const ingest: Scenario = {
           const drain = who === "hive" ? () => targets.hive.host.call({ op: "drain" }) : undefined;
           runs[who].push(await measure(targets[who].target, targets[who].host.pid, bodies, `r${r}`, d, drain));
         }
-        ctx.log(`ingest: round ${r + 1}/${rounds}, durable (1 in flight)`);
-        durableRuns.push(await measureSequential(targets.durable.target, targets.durable.host.pid, bodies, `r${r}`, d));
+        for (const which of DURABLE) {
+          const concurrency = which === "serial" ? 1 : SATURATION_CONCURRENCY;
+          ctx.log(`ingest: round ${r + 1}/${rounds}, least durable service (${which}, ${concurrency} in flight)`);
+          boundRuns[which].push(await measureBound(targets[which].target, targets[which].host.pid, bodies, `r${r}`, concurrency, d));
+        }
       }
       const pick = (who: Who): { sat: Phase; seq: Phase; fixed: Phase } => ({
         sat: best(runs[who], (x) => x.saturation, higher),
@@ -238,25 +265,22 @@ export const ingest: Scenario = {
       const syncGroupMs = (diskBefore.group.mean + diskAfter.group.mean) / 2;
       const limitOne = (1000 / syncOneMs) * EVENTS_PER_TXN;
       const limitGroup = ((SATURATION_CONCURRENCY * 1000) / syncGroupMs) * EVENTS_PER_TXN;
-      // With 1 in flight the sync cannot overlap the HTTP work: the best durable service does the
-      // HTTP layer's work and then one sync, per transaction. Measured: the least durable service
-      // (the HTTP layer and one O_DSYNC append, nothing else). Computed from the HTTP layer alone and
-      // the probe's sync it comes out higher, because the probe's writes follow one another without a
-      // pause, and a write after a pause (the HTTP round trip) takes longer on this kind of disk.
+      // The bound that applies is what the least durable service reaches here (the HTTP layer and
+      // the appends, nothing else), measured: the disk's limit alone ignores the CPU that parses the
+      // bodies, and a bound computed from the HTTP layer alone and the probe's sync comes out too high
+      // with 1 in flight, because the probe's appends follow one another without a pause, and an
+      // append after a pause (the HTTP round trip) takes longer on this kind of disk.
+      const bestOf = (phases: Phase[]): Phase => phases.reduce((a, c) => (higher(c, a) ? c : a));
+      const serialRun = bestOf(boundRuns.serial);
+      const groupRun = bestOf(boundRuns.group);
+      const serialBound = serialRun.result.eventsPerSecond;
+      const boundSat = groupRun.result.eventsPerSecond;
       const httpOneMs = 1000 / x.seq.result.txnPerSecond;
       const computedSerialBound = (1000 / (httpOneMs + syncOneMs)) * EVENTS_PER_TXN;
-      const durableOne = durableRuns.reduce((a, c) => (higher(c, a) ? c : a));
-      const serialBound = durableOne.result.eventsPerSecond;
       // SDK parity is physically possible only where the durable bound is at least the SDK's throughput.
-      const parityPossibleSat = limitGroup >= b.sat.result.eventsPerSecond;
+      const parityPossibleSat = boundSat >= b.sat.result.eventsPerSecond;
       const parityPossibleOne = serialBound >= b.seq.result.eventsPerSecond;
-      // The disk's limit ignores the CPU: a service that must parse every body cannot go faster than
-      // its HTTP layer alone (the diagnostic target, same code minus durability) at the same number in
-      // flight. The bound that applies is the lower of the two; with 1 in flight it is the serial bound
-      // (HTTP work plus one sync), which is below both the disk's limit and the HTTP layer alone.
       const cpuBoundSat = x.sat.result.eventsPerSecond;
-      const boundSat = Math.min(limitGroup, cpuBoundSat);
-      const boundSatBy = limitGroup <= cpuBoundSat ? "disk" : "CPU";
       const errors = Object.values(runs)
         .flat()
         .reduce((s, t) => s + t.fixed.result.errors + t.saturation.result.errors + t.sequential.result.errors, 0);
@@ -278,29 +302,24 @@ export const ingest: Scenario = {
           `mean ${diskAfter.one.mean} ms, p50 ${diskAfter.one.p50} ms, p99 ${diskAfter.one.p99} ms after. ` +
           `A group of ${SATURATION_CONCURRENCY} lines in one append: mean ${diskBefore.group.mean} ms before, ${diskAfter.group.mean} ms after.`,
         `The disk's limit (group size ÷ sync latency × ${EVENTS_PER_TXN} events): ${Math.round(limitOne)} events/s with 1 in flight, ` +
-          `${Math.round(limitGroup)} events/s with ${SATURATION_CONCURRENCY} per append. With 1 in flight the sync is serial with the HTTP work, so the ` +
-          `best a durable service can do is the HTTP layer's work plus one sync per transaction. Measured, as the least durable service ` +
-          `(the HTTP layer and one O_DSYNC append of the body, nothing else; CPU ${cpu(durableOne)} per transaction): ` +
-          `${Math.round(serialBound)} events/s; hive-matrix reaches ${round(h.seq.result.eventsPerSecond / serialBound)} of that. ` +
-          `Computed from the HTTP layer alone (${round(httpOneMs)} ms per transaction) plus the probe's mean sync: ` +
-          `${Math.round(computedSerialBound)} events/s (information: the probe's appends follow one another without a pause, ` +
-          "and an append after a pause, as with 1 in flight, takes longer on this kind of disk). " +
+          `${Math.round(limitGroup)} events/s with ${SATURATION_CONCURRENCY} per append (information: the issue's literal definition, the rows ` +
+          `"share of the disk's limit"). It leaves out the CPU: no process that parses the bodies reaches it here, when the HTTP layer alone, ` +
+          `without a single sync, does ${Math.round(cpuBoundSat)} events/s at ${SATURATION_CONCURRENCY} in flight.`,
+        `The bound that applies, against which the goal (≥ 0.8) is judged, is what the least durable service reaches in this run, measured ` +
+          `(the same HTTP layer and the appends to an O_DSYNC file before the 200, nothing else: no digest, no handling, no done lines). ` +
+          `With 1 in flight, one append per transaction on the event loop: ${Math.round(serialBound)} events/s (CPU ${cpu(serialRun)} per ` +
+          `transaction); hive-matrix reached ${round(h.seq.result.eventsPerSecond / serialBound)} of it. With ${SATURATION_CONCURRENCY} in flight, ` +
+          `group commit on the thread pool: ${Math.round(boundSat)} events/s (CPU ${cpu(groupRun)} per transaction); hive-matrix reached ` +
+          `${round(h.sat.result.eventsPerSecond / boundSat)} of it. Computed instead from the HTTP layer alone (${round(httpOneMs)} ms per ` +
+          `transaction with 1 in flight) plus the probe's mean sync, the bound with 1 in flight would be ${Math.round(computedSerialBound)} ` +
+          "events/s; no service reaches that, because the probe's appends follow one another without a pause and an append after a pause " +
+          "(the HTTP round trip) takes longer on this kind of disk. " +
           (parityPossibleSat
-            ? `At saturation the disk allows more than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s, so SDK parity is the goal there. `
-            : `At saturation the disk allows less than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s: no durable service can match it on this disk. `) +
+            ? `With ${SATURATION_CONCURRENCY} in flight the least durable service does more than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s, so SDK parity is possible and a goal there. `
+            : `With ${SATURATION_CONCURRENCY} in flight even the least durable service does less than the SDK's ${Math.round(b.sat.result.eventsPerSecond)} events/s: SDK parity is not possible on this disk. `) +
           (parityPossibleOne
             ? "With 1 in flight SDK parity is possible on this disk and is the goal."
             : "With 1 in flight SDK parity is not possible on this disk (HTTP work plus one sync takes longer than the SDK's work alone)."),
-        `The bound that applies, against which the goal (≥ 0.8) is judged: with ${SATURATION_CONCURRENCY} in flight the lower of the disk's limit ` +
-          `(${Math.round(limitGroup)} events/s) and what the CPU allows, the HTTP layer without durability at ${SATURATION_CONCURRENCY} in flight ` +
-          `(${Math.round(cpuBoundSat)} events/s, measured in this run): here the ${boundSatBy === "disk" ? "disk's limit" : "CPU"}, ` +
-          (boundSatBy === "disk"
-            ? "because the disk allows less than the HTTP layer parses"
-            : "because no process that parses the bodies can reach the disk's limit when its own HTTP layer, without a single sync, does not") +
-          `; hive-matrix reached ${round(h.sat.result.eventsPerSecond / boundSat)} of it. With 1 in flight the serial bound ` +
-          `(${Math.round(serialBound)} events/s): hive-matrix reached ${round(h.seq.result.eventsPerSecond / serialBound)}. ` +
-          "The rows \"share of the disk's limit\" are the issue's literal definition (group size ÷ sync latency × events per transaction), kept as information: " +
-          "they say how far the disk is from being what limits, not how close the service is to what is possible.",
       );
       // The journal as the service saw it during each round's saturation phase: how many writes, how
       // long each, and what share of the phase the (serial) journal was writing.
@@ -374,20 +393,19 @@ export const ingest: Scenario = {
             ...(parityPossibleSat ? { goal: { kind: "ratioAtLeast", value: 1.0 } as const } : { note: "(disk-bound)" }),
           },
           {
-            metric: `throughput against the bound that applies, ${SATURATION_CONCURRENCY} in flight (baseline column: min(disk's limit, HTTP layer alone))`,
+            metric: `throughput against the bound that applies, ${SATURATION_CONCURRENCY} in flight (baseline column: the least durable service, group commit, measured)`,
             unit: "events/s",
             hive: h.sat.result.eventsPerSecond,
             baseline: boundSat,
             goal: { kind: "ratioAtLeast", value: 0.8 },
-            note: boundSatBy === "disk" ? "(bound: disk)" : "(bound: CPU)",
           },
           {
-            metric: "throughput against the bound that applies, 1 in flight (baseline column: HTTP layer + one O_DSYNC append, measured)",
+            metric:
+              "throughput against the bound that applies, 1 in flight (baseline column: the least durable service, one append per transaction, measured)",
             unit: "events/s",
             hive: h.seq.result.eventsPerSecond,
             baseline: serialBound,
             goal: { kind: "ratioAtLeast", value: 0.8 },
-            note: "(bound: serial)",
           },
           {
             metric: `share of the disk's limit, ${SATURATION_CONCURRENCY} in flight (${SATURATION_CONCURRENCY} per sync; information)`,
@@ -435,7 +453,7 @@ export const ingest: Scenario = {
           eventsPerTxn: EVENTS_PER_TXN,
           bodyBytes,
           durations: d,
-          targets: { ...LABEL, durable: DURABLE_LABEL },
+          targets: { ...LABEL, ...DURABLE_LABEL },
           transactions,
           diskWriteMs: { before: diskBefore, after: diskAfter },
           journalAtOneInFlight: journalAtOne.map((j) => (j ? { msPerWrite: round(j.msPerWrite), limit: round(j.limit) } : null)),
@@ -458,10 +476,9 @@ export const ingest: Scenario = {
             limitGroup: round(limitGroup),
             serialBound: round(serialBound),
             computedSerialBound: round(computedSerialBound),
-            durableOneInFlight: durableRuns.map(brief),
+            leastDurable: { serial: boundRuns.serial.map(brief), group: boundRuns.group.map(brief) },
             cpuBoundSat: round(cpuBoundSat),
             boundSat: round(boundSat),
-            boundSatBy,
             parityPossibleSat,
             parityPossibleOne,
           },
@@ -476,7 +493,7 @@ export const ingest: Scenario = {
               })),
             ]),
           ),
-          startupMs: Object.fromEntries([...TARGETS, "durable" as const].map((who) => [who, round(targets[who].host.ready.startupMs)])),
+          startupMs: Object.fromEntries([...TARGETS, ...DURABLE].map((who) => [who, round(targets[who].host.ready.startupMs)])),
         },
       };
     } finally {
