@@ -12,9 +12,10 @@
  * the I/O already read (setImmediate), which is how to go fastest with several in flight. What
  * they reach at 1 and at 8 in flight is the bound a durable service is judged against.
  */
-import { closeSync, constants, openSync, write, writeSync } from "node:fs";
+import { closeSync, constants, openSync } from "node:fs";
 import { createAppserviceApp } from "../../src/appservice/http";
 import { createLogger } from "../../src/logging";
+import { writeAll, writeAllSync } from "../../src/store/atomic-file";
 import { Metrics } from "../../src/metrics";
 import { runChild, serveSimpleTarget } from "../lib/child";
 
@@ -32,22 +33,25 @@ function groupWriter(fd: number): (data: Buffer) => Promise<void> {
   let queued: Buffer[] = [];
   let waiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
   let writing = false;
-  const writeAll = (data: Buffer, offset: number, done: (err: Error | null) => void): void =>
-    write(fd, data, offset, data.length - offset, null, (err, written) => {
-      if (err) done(err);
-      else if (offset + written < data.length) writeAll(data, offset + written, done);
-      else done(null);
-    });
   const flush = (): void => {
     const data = Buffer.concat(queued);
     const settled = waiters;
     queued = [];
     waiters = [];
-    writeAll(data, 0, (err) => {
-      settled.forEach((w) => (err ? w.reject(err) : w.resolve()));
+    const next = (): void => {
       if (queued.length > 0) flush();
       else writing = false;
-    });
+    };
+    writeAll(fd, data).then(
+      () => {
+        settled.forEach((w) => w.resolve());
+        next();
+      },
+      (err: unknown) => {
+        settled.forEach((w) => w.reject(err));
+        next();
+      },
+    );
   };
   return (data) =>
     new Promise((resolve, reject) => {
@@ -81,7 +85,7 @@ function main(): void {
         if (fd !== undefined) {
           const data = Buffer.concat([raw ?? Buffer.from(JSON.stringify({ events })), newline]);
           if (grouped) await grouped(data);
-          else for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
+          else writeAllSync(fd, data);
         }
         seen.add(txnId);
         return "accepted";

@@ -16,8 +16,9 @@
  * updates each). The next rewrite of `agents.json` records the last journal line it covers and
  * empties the journal; loading replays the lines after that one.
  */
-import { closeSync, constants, fsyncSync, ftruncateSync, openSync, writeSync } from "node:fs";
+import { closeSync, constants, fsyncSync, ftruncateSync, openSync } from "node:fs";
 import { z } from "zod";
+import { writeAllSync } from "../store/atomic-file";
 import { readJournalLines } from "../store/journal-lines";
 import { StateError, type StateStore } from "../store/state-store";
 
@@ -204,9 +205,7 @@ export class AgentRecords {
         constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC | constants.O_NOFOLLOW,
         0o600,
       );
-      const line = Buffer.from(`${JSON.stringify({ seq: ++this.journalSeq, name, record })}\n`);
-      let offset = 0;
-      while (offset < line.length) offset += writeSync(this.journalFd, line, offset);
+      writeAllSync(this.journalFd, Buffer.from(`${JSON.stringify({ seq: ++this.journalSeq, name, record })}\n`));
     } catch (err) {
       throw new StateError(path, `cannot write (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
     }

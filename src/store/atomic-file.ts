@@ -4,9 +4,28 @@
  * rename(2) replaces a symlink planted at the target instead of following it, so a hostile link
  * in an agent's state dir can never redirect the write; readers see the old or the new file whole.
  */
-import { constants, closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { constants, closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, write, writeSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
+
+/** Writes all of `data` at the descriptor's position (a write(2) may take less than asked). */
+export function writeAllSync(fd: number, data: Buffer): void {
+  for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
+}
+
+/** writeAllSync on libuv's thread pool: the event loop goes on meanwhile. */
+export function writeAll(fd: number, data: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (offset: number): void => {
+      write(fd, data, offset, data.length - offset, null, (err, written) => {
+        if (err) reject(err);
+        else if (offset + written < data.length) step(offset + written);
+        else resolve();
+      });
+    };
+    step(0);
+  });
+}
 
 export interface AtomicWriteOptions {
   /** File mode, applied with fchmod so the umask cannot widen or narrow it. */
@@ -21,9 +40,7 @@ export function writeFileAtomic(path: string, data: string | Buffer, options: At
   let renamed = false;
   try {
     fchmodSync(fd, mode);
-    const buffer = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    let offset = 0;
-    while (offset < buffer.length) offset += writeSync(fd, buffer, offset, buffer.length - offset);
+    writeAllSync(fd, typeof data === "string" ? Buffer.from(data, "utf8") : data);
     fsyncSync(fd);
     closeSync(fd);
     renameSync(tmp, path);

@@ -38,10 +38,10 @@
  * inbox/) is migrated on open; the log's txnIds, which carry no content either, are not kept.
  */
 import { createHash } from "node:crypto";
-import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, rmSync, write, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
-import { fsyncDir, writeFileAtomic } from "./atomic-file";
+import { fsyncDir, writeAll, writeAllSync, writeFileAtomic } from "./atomic-file";
 import { readJournalLines } from "./journal-lines";
 import { StateError } from "./state-store";
 
@@ -119,23 +119,6 @@ interface Waiter {
    * bookkeeping of `accept` must be in memory by then, or the compacted journal would lack it.
    */
   written?: () => void;
-}
-
-function writeAllSync(fd: number, data: Buffer): void {
-  for (let offset = 0; offset < data.length;) offset += writeSync(fd, data, offset, data.length - offset);
-}
-
-function writeAll(fd: number, data: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (offset: number): void => {
-      write(fd, data, offset, data.length - offset, null, (err, written) => {
-        if (err) reject(err);
-        else if (offset + written < data.length) step(offset + written);
-        else resolve();
-      });
-    };
-    step(0);
-  });
 }
 
 /**
