@@ -62,6 +62,10 @@ export async function prepareHive(
   mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
   const port = await freePort();
   const restartLog = join(dir, "restarts.log");
+  // As deployed (nix/module.nix), the registration has a directory of its own: the service watches
+  // that directory for a new registration, and the logs written next to it would wake it per line.
+  const registrationDir = join(dir, "registration");
+  mkdirSync(registrationDir, { mode: 0o700 });
   const raw: ConfigInput = {
     homeserver: { url: homeserver.url, domain: homeserver.serverName, startupWaitSeconds: 120 },
     appservice: {
@@ -69,7 +73,7 @@ export async function prepareHive(
       bind: "127.0.0.1",
       port,
       url: `http://127.0.0.1:${port}`,
-      registration: join(dir, "registration.yaml"),
+      registration: join(registrationDir, "registration.yaml"),
       botLocalpart: identity.botLocalpart,
     },
     stateDir: join(dir, "state"),
