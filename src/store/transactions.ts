@@ -99,9 +99,17 @@ const JOURNAL = "transactions.journal";
 const DONE_DELAY_MS = 1000;
 /**
  * A write with one transaction in it goes out on the event loop (a synchronous write) while writes
- * take less than this on average; above it, the loop would stall for as long as the disk takes.
+ * made there take less than this on average; above it, the loop would stall for as long as the
+ * disk takes.
  */
 const SYNC_WRITE_MAX_MS = 1;
+/**
+ * Once synchronous writes were found too slow, every this many writes of a lone transaction one goes
+ * on the loop anyway, to see whether the disk became fast again: a write through the thread pool
+ * cannot tell, as its duration includes the trip to a worker thread and back (on a loaded machine,
+ * often more than the disk's share).
+ */
+const SYNC_WRITE_PROBE_EVERY = 64;
 /**
  * ...and while the last this many transactions each arrived with no other unanswered: a homeserver
  * that sends several at a time would otherwise meet a loop that cannot parse them during the write
@@ -167,8 +175,13 @@ export class TransactionStore {
   flushMs = 0;
   /** Of those writes, the ones made on the event loop (one transaction, a fast disk). */
   syncFlushes = 0;
-  /** Moving average of the writes' durations (ms): whether a synchronous write is cheap enough. */
-  private recentWriteMs = 0;
+  /**
+   * Moving average of the synchronous writes' durations (ms): whether one is cheap enough. Only
+   * those count: they measure the disk alone (see SYNC_WRITE_PROBE_EVERY).
+   */
+  private syncWriteMs = 0;
+  /** Writes of a lone transaction that went to the thread pool since the last synchronous one. */
+  private sinceSyncWrite = 0;
   /** Transactions in a row that arrived with none other unanswered: the homeserver sends one at a time. */
   private aloneStreak = 0;
 
@@ -218,14 +231,14 @@ export class TransactionStore {
     const known = this.seen.get(txnId);
     if (known === digest) return { result: "duplicate" };
     const entry: InboxEntry = { seq: ++this.seq, txnId, events };
+    // Another transaction still unanswered: the homeserver sends more than one at a time.
+    this.aloneStreak = this.inFlight.size === 0 ? this.aloneStreak + 1 : 0;
     const line = rawLine(entry, raw) ?? `${JSON.stringify({ a: entry.seq, id: txnId, e: events })}\n`;
     const written = this.enqueue(line, () => {
       this.remember(txnId, digest);
       // Handled while its line was being written: nothing left for a compaction to keep.
       if (!this.handledEarly.has(entry.seq)) this.unhandled.set(entry.seq, entry);
     });
-    // Another transaction still unanswered: the homeserver sends more than one at a time.
-    this.aloneStreak = this.inFlight.size === 0 ? this.aloneStreak + 1 : 0;
     this.inFlight.set(txnId, { written, digest });
     this.writing.add(entry.seq);
     queued?.(entry);
@@ -320,15 +333,20 @@ export class TransactionStore {
         const data = Buffer.concat(lines.map((l) => (typeof l === "string" ? Buffer.from(l, "utf8") : l)));
         const started = process.hrtime.bigint();
         // Exactly one waiter for a transaction (a done-only write has none and no one waits for it).
-        const onLoop =
-          this.aloneStreak >= ALONE_STREAK && this.recentWriteMs < SYNC_WRITE_MAX_MS && waiters.filter((w) => w.written).length === 1;
+        const lone = this.aloneStreak >= ALONE_STREAK && waiters.filter((w) => w.written).length === 1;
+        const onLoop = lone && (this.syncWriteMs < SYNC_WRITE_MAX_MS || this.sinceSyncWrite >= SYNC_WRITE_PROBE_EVERY);
         if (onLoop) writeAllSync(this.fd, data);
         else {
+          if (lone) this.sinceSyncWrite++;
           this.writeUnderWay = writeAll(this.fd, data).finally(() => (this.writeUnderWay = undefined));
           await this.writeUnderWay;
         }
-        const ms = Number(process.hrtime.bigint() - started) / 1e6;
-        this.recentWriteMs += (ms - this.recentWriteMs) / 8;
+        const ms = this.elapsedMs(started, onLoop);
+        if (onLoop) {
+          // A probe after slow writes counts for more, so a disk that recovered is back on the loop within a few.
+          this.syncWriteMs += (ms - this.syncWriteMs) / (this.syncWriteMs < SYNC_WRITE_MAX_MS ? 8 : 2);
+          this.sinceSyncWrite = 0;
+        }
         this.flushMs += ms;
         this.flushes++;
         if (onLoop) this.syncFlushes++;
@@ -346,6 +364,11 @@ export class TransactionStore {
         this.fd = openSync(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_DSYNC | constants.O_NOFOLLOW);
       }
     }
+  }
+
+  /** How long a write took, from its start to its acknowledgement (a seam for tests to make the disk slow). */
+  protected elapsedMs(started: bigint, _onLoop: boolean): number {
+    return Number(process.hrtime.bigint() - started) / 1e6;
   }
 
   /** Records the txnId as most recently seen with this content, forgetting the oldest beyond `capacity`. */
