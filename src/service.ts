@@ -113,7 +113,15 @@ export class HiveMatrixService extends EventEmitter {
     this.operators = new Operators(this.config, this.state);
     this.transactions = new TransactionStore(this.config.stateDir);
     this.events = new EventQueue(this.transactions, this.logger.child({ module: "events" }), this.metrics);
-    this.intake = new TransactionIntake(this.transactions, this.events, this.logger);
+    // Memberships of the Space and hive-chat only: the reconcile is all they can cause, and every
+    // start runs one that reads both rooms anew, so a crash before they were handled loses nothing.
+    // Each agent onboarded brings three such transactions; they need not wait for a disk flush.
+    this.intake = new TransactionIntake(this.transactions, this.events, this.logger, (events) =>
+      events.every(
+        (e) =>
+          e.type === "m.room.member" && e.room_id !== undefined && (e.room_id === this.rooms.spaceId || e.room_id === this.rooms.chatId),
+      ),
+    );
     this.agents = new AgentManager({
       config: this.config,
       userNamespaces: () => this.liveRegistration.userPatterns(),

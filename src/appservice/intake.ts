@@ -15,18 +15,23 @@ export class TransactionIntake {
   /** Reused txnIds since the last fresh one: the warning goes out for the first of a run only. */
   private reusedInRun = 0;
 
+  /**
+   * `restartRepairs`: whether a restart redoes whatever these events can cause, so that their
+   * transaction needs no journal line (see store/transactions.ts); by default none does.
+   */
   constructor(
     private readonly store: TransactionStore,
     private readonly queue: EventQueue,
     logger: Logger,
+    private readonly restartRepairs: (events: readonly MatrixEvent[]) => boolean = () => false,
   ) {
     this.log = logger.child({ module: "appservice-intake" });
   }
 
-  /** Queues the transaction's events and makes it durable, unless it is a replay; resolves once it is on disk. */
+  /** Queues the transaction's events and makes it durable, unless it is a replay; resolves once it is on disk (or needs not be). */
   async receive(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<IntakeResult> {
     // Handled from the moment its line is queued for the disk; the answer waits for the disk.
-    const intake = await this.store.accept(txnId, events, raw, (entry) => this.queue.push(entry));
+    const intake = await this.store.accept(txnId, events, raw, (entry) => this.queue.push(entry), !this.restartRepairs(events));
     if (intake.result === "duplicate") {
       this.log.info({ txnId, events: events.length }, "transaction delivered again with the same events: acknowledged, not handled again");
       return "duplicate";

@@ -18,6 +18,12 @@
  * were handled and the transaction is delivered again (here because the write failed or the service
  * died before it, so the homeserver got no 200), and handlers are idempotent or de-duplicated.
  *
+ * A transaction whose events a restart repairs by itself (the caller says so: `durable` false) is
+ * acknowledged without a journal line: its txnId is remembered in memory only, and a crash before
+ * it was handled loses nothing that the next start does not redo. The service passes the
+ * memberships of the Space and hive-chat this way (the startup reconcile reads both rooms anew):
+ * three transactions per agent onboarded, each of which would otherwise wait for a disk flush.
+ *
  * After a crash the unhandled transactions are replayed and
  * their txnIds count as seen, so the homeserver's redelivery is acknowledged without being queued
  * twice. The journal is compacted to the most recent `capacity` txnIds plus unhandled entries.
@@ -175,6 +181,8 @@ export class TransactionStore {
   flushMs = 0;
   /** Of those writes, the ones made on the event loop (one transaction, a fast disk). */
   syncFlushes = 0;
+  /** Transactions accepted without a journal line (`durable` false in accept). */
+  unjournaled = 0;
   /**
    * Moving average of the synchronous writes' durations (ms): whether one is cheap enough. Only
    * those count: they measure the disk alone (see SYNC_WRITE_PROBE_EVERY).
@@ -218,9 +226,10 @@ export class TransactionStore {
    * Makes the transaction durable unless it is a replay (same txnId, same events); after this
    * resolves, acknowledging it is safe. A delivery of a transaction whose write is under way waits
    * for that write. `queued` gets the entry as soon as its line is queued for the disk, so its
-   * events can be handled while the write is under way (see the top of this file).
+   * events can be handled while the write is under way (see the top of this file). With `durable`
+   * false there is no line: the entry is queued and this resolves at once.
    */
-  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer, queued?: (entry: InboxEntry) => void): Promise<Intake> {
+  async accept(txnId: string, events: MatrixEvent[], raw?: Buffer, queued?: (entry: InboxEntry) => void, durable = true): Promise<Intake> {
     if (this.fd === null) throw new Error("transaction store is not open");
     const digest = contentDigest(events);
     const writing = this.inFlight.get(txnId);
@@ -233,6 +242,14 @@ export class TransactionStore {
     const entry: InboxEntry = { seq: ++this.seq, txnId, events };
     // Another transaction still unanswered: the homeserver sends more than one at a time.
     this.aloneStreak = this.inFlight.size === 0 ? this.aloneStreak + 1 : 0;
+    if (!durable) {
+      // Nothing a restart would not redo (see the top of this file): nothing to wait for, and no
+      // done line later (done() finds it neither unhandled nor being written).
+      this.remember(txnId, digest);
+      this.unjournaled++;
+      queued?.(entry);
+      return { result: known === undefined ? "accepted" : "reused_id", entry };
+    }
     const line = rawLine(entry, raw) ?? `${JSON.stringify({ a: entry.seq, id: txnId, e: events })}\n`;
     const written = this.enqueue(line, () => {
       this.remember(txnId, digest);

@@ -1,4 +1,4 @@
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { RefusalLog } from "../../src/appservice/auth";
 import { createAppserviceApp } from "../../src/appservice/http";
@@ -283,6 +283,39 @@ describe("durable de-duplication", () => {
     release();
     await stopAll(second);
     await stopAll(first);
+  });
+
+  it("memberships of the Space and hive-chat need no journal line (the startup reconcile redoes them); every other transaction gets one", async () => {
+    const stateDir = tempDir();
+    writeFileSync(join(stateDir, "space-id"), "!space:hive.test\n", { mode: 0o600 });
+    writeFileSync(join(stateDir, "hive-chat-id"), "!chat:hive.test\n", { mode: 0o600 });
+    const h = await startService("synapse", { stateDir });
+    const member = (n: number, roomId: string): MatrixEvent => ({
+      type: "m.room.member",
+      event_id: `$m${n}`,
+      room_id: roomId,
+      sender: "@agent-a:hive.test",
+      state_key: "@agent-a:hive.test",
+      content: { membership: "join" },
+    });
+    const sent: [string, MatrixEvent[]][] = [
+      ["j1", [member(1, "!space:hive.test")]],
+      ["j2", [member(2, "!chat:hive.test"), member(3, "!space:hive.test")]],
+      ["j3", [member(4, "!chat:hive.test"), { ...event(5), room_id: "!chat:hive.test" }]],
+      ["j4", [member(6, "!other:hive.test")]],
+      ["j5", [{ ...event(7), room_id: "!chat:hive.test" }]],
+    ];
+    for (const [txnId, events] of sent) expect((await h.hs.pushTransaction(txnId, { events })).status).toBe(200);
+    await h.service.events.idle();
+    expect(h.seen.map((e) => e.event_id)).toEqual(["$m1", "$m2", "$m3", "$m4", "$e5", "$m6", "$e7"]);
+    await stopAll(h);
+    const journaled = readFileSync(join(stateDir, "transactions.journal"), "utf8")
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as { id?: string })
+      .filter((line) => line.id !== undefined)
+      .map((line) => line.id);
+    expect(journaled).toEqual(["j3", "j4", "j5"]);
   });
 });
 

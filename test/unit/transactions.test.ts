@@ -219,6 +219,35 @@ describe("transaction store", () => {
     await store.flushAndClose();
   });
 
+  it("a transaction that is not durable gets no line: handled, known until a restart, never replayed", async () => {
+    const dir = tempDir();
+    const store = new TransactionStore(dir);
+    store.open();
+    const handled: string[] = [];
+    const member = [{ type: "m.room.member", event_id: "$m1", state_key: "@a:hs", content: { membership: "join" } }];
+    const intake = await store.accept("m1", member, undefined, (entry) => handled.push(entry.txnId), false);
+    expect(intake).toMatchObject({ result: "accepted" });
+    expect(handled).toEqual(["m1"]);
+    if ("entry" in intake) store.done(intake.entry);
+    // Delivered again before a restart: a replay, acknowledged and not handled again.
+    expect(await store.accept("m1", member, undefined, (entry) => handled.push(entry.txnId), false)).toEqual({ result: "duplicate" });
+    // A durable one after it is written as usual, and the first left no line, not even a done line.
+    const durable = await store.accept("x1", [{ type: "m.room.message", event_id: "$x1" }], undefined, (entry) =>
+      handled.push(entry.txnId),
+    );
+    await store.flushAndClose();
+    const lines = readFileSync(join(dir, "transactions.journal"), "utf8").trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain('"id":"x1"');
+    expect(store.unjournaled).toBe(1);
+    const again = new TransactionStore(dir);
+    // Only the durable one comes back (never marked done); the other is forgotten with the process.
+    expect(again.open().map((e) => e.txnId)).toEqual(["x1"]);
+    expect(again.has("m1")).toBe(false);
+    expect("entry" in durable).toBe(true);
+    again.close();
+  });
+
   it("compacts to the most recent txnIds and the unhandled entries", async () => {
     const dir = tempDir();
     const store = new TransactionStore(dir, 5);
