@@ -202,7 +202,11 @@ export function createLogger(options: LoggerOptions = {}): { logger: Logger; scr
       hooks,
       base: { name: "hive-matrix" },
     },
-    (destination ?? pino.destination({ sync: false })) as pino.DestinationStream,
+    // Synchronous: one write(2) per line on the event loop. The service logs a few lines a second at
+    // most; an asynchronous destination would hand each line to a worker thread and wake the loop
+    // again when it is written (two thread switches a line, measured in `npm run bench` fleet), and
+    // a crash could lose the last lines.
+    (destination ?? pino.destination({ sync: true })) as pino.DestinationStream,
   );
   rings.set(logger, ring);
   return { logger, scrubber, ring };

@@ -223,8 +223,8 @@ async function main(): Promise<void> {
   if (!init.configPath || !init.logFile) throw new Error('usage: service-host.js \'{"configPath": ..., "logFile": ...}\'');
   const config = parseConfig(JSON.parse(readFileSync(init.configPath, "utf8")), init.configPath);
   const registration = loadRegistration(config.appservice.registration);
-  // As deployed: the CLI logs through pino's own buffered destination (to stdout), not a node stream.
-  const destination = pino.destination({ dest: init.logFile, append: true, sync: false });
+  // As deployed: the CLI logs through pino's own destination (to stdout, synchronous), not a node stream.
+  const destination = pino.destination({ dest: init.logFile, append: true, sync: true });
   const { logger, scrubber } = createLogger({ level: config.logging.level, destination: destination as unknown as NodeJS.WritableStream });
   const service = new HiveMatrixService({ config, registration, logger, scrubber });
   let stopping = false;
