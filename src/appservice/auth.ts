@@ -6,11 +6,13 @@ import type { Logger } from "../logging";
 
 export type AuthResult = { ok: true } | { ok: false; status: 401 | 403; errcode: "M_MISSING_TOKEN" | "M_FORBIDDEN"; error: string };
 
+/** The expected token's digest, computed once per token (it changes only with a reloaded registration). */
+let expectedDigest: { token: string; digest: Buffer } | undefined;
+
 /** Constant-time comparison: hashing first makes the lengths equal, so length leaks nothing either. */
 export function tokensEqual(presented: string, expected: string): boolean {
-  const a = createHash("sha256").update(presented).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
+  if (expectedDigest?.token !== expected) expectedDigest = { token: expected, digest: createHash("sha256").update(expected).digest() };
+  return timingSafeEqual(createHash("sha256").update(presented).digest(), expectedDigest.digest);
 }
 
 /**
