@@ -226,9 +226,14 @@ function readTokenIn(dir: string): TokenFileRead {
  * One line, 0600, through an exclusively created temp file and a rename (see writeFileAtomic),
  * all inside the anchored state dir; the temp file is removed on every failure. Throws
  * StateDirError (nothing written) when the state dir cannot be used.
+ *
+ * Not synced to disk: every start checks each agent's token file against the homeserver and
+ * writes a new one where it is missing, empty or not valid, so a crash of the machine right after
+ * a write costs the agent one more token at the next start, never its access. Syncing would cost
+ * two disk flushes per agent onboarded.
  */
 export function writeTokenFile(stateRoot: string, name: string, token: string): void {
-  withStateDir(stateRoot, name, (dir) => writeFileAtomic(join(dir, TOKEN_FILE), `${token}\n`, { mode: 0o600 }));
+  withStateDir(stateRoot, name, (dir) => writeFileAtomic(join(dir, TOKEN_FILE), `${token}\n`, { mode: 0o600, durable: false }));
 }
 
 /** What `!hive agent info` shows, looked at through the anchored dir: no state dir, a regular token file, or none. */

@@ -1,6 +1,7 @@
 /**
  * Crash-safe, symlink-safe file writes. The content goes into a temp file created exclusively
- * (O_EXCL | O_NOFOLLOW) in the target's own directory, is fsynced, then renamed over the target.
+ * (O_EXCL | O_NOFOLLOW) in the target's own directory, is fsynced (unless `durable` is false),
+ * then renamed over the target.
  * rename(2) replaces a symlink planted at the target instead of following it, so a hostile link
  * in an agent's state dir can never redirect the write; readers see the old or the new file whole.
  */
@@ -30,6 +31,13 @@ export function writeAll(fd: number, data: Buffer): Promise<void> {
 export interface AtomicWriteOptions {
   /** File mode, applied with fchmod so the umask cannot widen or narrow it. */
   mode?: number;
+  /**
+   * false: neither the file nor the rename is synced. Readers still see the old or the new file
+   * whole, but after a crash of the machine the name may hold the old file, an empty one or none.
+   * For files the service re-derives at every start (the agents' token files), where two disk
+   * flushes per write would be spent on nothing.
+   */
+  durable?: boolean;
 }
 
 export function writeFileAtomic(path: string, data: string | Buffer, options: AtomicWriteOptions = {}): void {
@@ -41,11 +49,11 @@ export function writeFileAtomic(path: string, data: string | Buffer, options: At
   try {
     fchmodSync(fd, mode);
     writeAllSync(fd, typeof data === "string" ? Buffer.from(data, "utf8") : data);
-    fsyncSync(fd);
+    if (options.durable !== false) fsyncSync(fd);
     closeSync(fd);
     renameSync(tmp, path);
     renamed = true;
-    fsyncDir(dir);
+    if (options.durable !== false) fsyncDir(dir);
   } finally {
     if (!renamed) {
       try {

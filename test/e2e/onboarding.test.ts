@@ -96,6 +96,22 @@ describe("onboarding against the homeserver", () => {
     expect(writes).toEqual([]);
   });
 
+  it("token files a crash of the machine lost or emptied (they are not synced) are written anew at the next start, one device each", async () => {
+    const [lost, emptied, kept] = names;
+    rmSync(tokenPath(config, lost));
+    writeFileSync(tokenPath(config, emptied), "", { mode: 0o600 });
+    const keptBefore = { token: readToken(config, kept), mtime: statSync(tokenPath(config, kept)).mtimeMs };
+    const { service } = await start();
+    await service.agents.idle();
+    for (const name of [lost, emptied]) {
+      const token = readToken(config, name);
+      expect((await whoami(token)).status).toBe(200);
+      expect(await deviceIds(token)).toEqual([`HIVEMATRIX_${name.toUpperCase()}`]);
+      expect(service.agents.records.get(name)?.state).toMatch(/token_written|joined/);
+    }
+    expect({ token: readToken(config, kept), mtime: statSync(tokenPath(config, kept)).mtimeMs }).toEqual(keptBefore);
+  });
+
   it("a fourth dir created while running is provisioned within seconds, without a restart", async () => {
     const { service } = await start({ agents: { ...config.agents, rescanIntervalSeconds: 3600 } });
     await service.agents.idle();
