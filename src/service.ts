@@ -117,10 +117,7 @@ export class HiveMatrixService extends EventEmitter {
     // start runs one that reads both rooms anew, so a crash before they were handled loses nothing.
     // Each agent onboarded brings three such transactions; they need not wait for a disk flush.
     this.intake = new TransactionIntake(this.transactions, this.events, this.logger, (events) =>
-      events.every(
-        (e) =>
-          e.type === "m.room.member" && e.room_id !== undefined && (e.room_id === this.rooms.spaceId || e.room_id === this.rooms.chatId),
-      ),
+      events.every((e) => e.type === "m.room.member" && this.rooms.isHiveRoom(e.room_id)),
     );
     this.agents = new AgentManager({
       config: this.config,
@@ -150,7 +147,7 @@ export class HiveMatrixService extends EventEmitter {
       transport: this.transport,
       logger: this.logger,
       who: { isAgent, isOperator: (userId) => this.operators.isOperator(userId), botUserId: this.botUserId },
-      isOwnRoom: (roomId) => roomId === this.rooms.spaceId || roomId === this.rooms.chatId || roomId === this.control.roomId,
+      isOwnRoom: (roomId) => this.rooms.isHiveRoom(roomId) || roomId === this.control.roomId,
       changed: (reason) => void this.roomsLoop.trigger(reason),
     });
     this.rooms = new RoomsReconciler(this);

@@ -28,9 +28,9 @@ export class TransactionIntake {
     this.log = logger.child({ module: "appservice-intake" });
   }
 
-  /** Queues the transaction's events and makes it durable, unless it is a replay; resolves once it is on disk (or needs not be). */
+  /** Queues the transaction's events and makes it durable, unless it is a replay; resolves once it is on disk (or when it need not be). */
   async receive(txnId: string, events: MatrixEvent[], raw?: Buffer): Promise<IntakeResult> {
-    // Handled from the moment its line is queued for the disk; the answer waits for the disk.
+    // Handled from the moment its line is queued for the disk (or at once without one); the answer waits for the disk.
     const intake = await this.store.accept(txnId, events, raw, (entry) => this.queue.push(entry), !this.restartRepairs(events));
     if (intake.result === "duplicate") {
       this.log.info({ txnId, events: events.length }, "transaction delivered again with the same events: acknowledged, not handled again");

@@ -113,9 +113,14 @@ export class RoomsReconciler {
 
   /** Whether an appservice event changed something a reconcile of the two rooms owns (see relevance.ts). */
   isRelevant(event: MatrixEvent): boolean {
+    return this.isHiveRoom(event.room_id) && this.relevance.isRelevant(event);
+  }
+
+  /** Whether `roomId` is the Space or hive-chat, as known now. */
+  isHiveRoom(roomId: string | undefined): boolean {
+    if (!roomId) return false;
     const ids = this.knownIds();
-    if (!event.room_id || (event.room_id !== ids.space && event.room_id !== ids.chat)) return false;
-    return this.relevance.isRelevant(event);
+    return roomId === ids.space || roomId === ids.chat;
   }
 
   /** One full pass. Never throws: failures end up in the report's `problems` and in the log. */
