@@ -215,6 +215,7 @@ export class AgentManager extends EventEmitter {
       if (this.running.has(name)) continue;
       if (joined.has(record.userId) && (record.state === "token_written" || record.state === "registered")) {
         this.records.set(name, { userId: record.userId, state: "joined" });
+        this.emit("joined", name);
       }
       if (left.has(record.userId) && record.leaving) this.records.set(name, { userId: record.userId, leaving: false });
     }

@@ -108,7 +108,11 @@ describe("the hive, run from the control room", () => {
 
   it("!hive agent add x without a state dir: registered and joined, and the reply says the token waits for the dir", async () => {
     const dir = join(config.agents.stateRoot, added, "state");
+    const joinedEvents: string[] = [];
+    const onJoined = (name: string): number => joinedEvents.push(name);
+    run.service.agents.on("joined", onJoined);
     const text = flat(await finalText(await say(operator, controlRoom, `!hive agent add ${added}`), /Added|failed/));
+    run.service.agents.off("joined", onJoined);
     expect(text).toContain(`Added agent \`${added}\``);
     expect(text).not.toMatch(/failed|error/i);
     expect(text).toContain(`It has no state dir yet (\`${dir}\`), so no token file is written now.`);
@@ -117,6 +121,8 @@ describe("the hive, run from the control room", () => {
     expect(text).toMatch(/State joined /);
     expect(text).toMatch(/Rooms hive, hive-chat /);
     expect(run.service.agents.records.get(added)).toMatchObject({ source: "command", state: "joined" });
+    // Announced once, when its record became joined (what the bench waits on instead of polling).
+    expect(joinedEvents).toEqual([added]);
     expect(await membership(run.service.rooms.chatId!, userOf(added))).toBe("join");
     expect(await membership(run.service.rooms.spaceId!, userOf(added))).toBe("join");
   });
