@@ -18,6 +18,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { MatrixError } from "matrix-bot-sdk";
 import type { Logger } from "../logging";
 import type { Metrics } from "../metrics";
+import { LeanHttpClient, NetworkError } from "./lean-client";
 
 export type QueryValue = string | number | boolean | undefined | null;
 
@@ -79,6 +80,11 @@ export interface TransportOptions {
   onReachability?: (reachable: boolean) => void;
   /** Injected in unit tests to avoid real waiting. */
   sleep?: (ms: number) => Promise<void>;
+  /**
+   * The HTTP client for an `http:` homeserver: "lean" (lean-client.ts, the default) or node:http
+   * ("node", kept as the reference the lean client is tested against). `https:` always uses node:https.
+   */
+  client?: "lean" | "node";
 }
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -93,23 +99,8 @@ const IDLE_SOCKET_MS = 4000;
 interface RawResponse {
   status: number;
   statusText: string;
-  headers: IncomingHttpHeaders;
+  headers: IncomingHttpHeaders | Record<string, string>;
   text: string;
-}
-
-/**
- * A failure before any response: `reason` is a code for logs and metrics; `unsent` when the request
- * cannot have been applied; `stale` when it failed on a pooled connection before any answer (the
- * server had closed it, or went away).
- */
-class NetworkError extends Error {
-  constructor(
-    readonly reason: string,
-    readonly unsent: boolean,
-    readonly stale = false,
-  ) {
-    super(reason);
-  }
 }
 
 /** Replaces IDs in a path so that metric labels stay bounded: /rooms/!x:y/state/m.room.name/ → /rooms/:id/state/m.room.name/:key */
@@ -140,6 +131,7 @@ export class HomeserverTransport {
   readonly baseUrl: string;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly agent: HttpAgent;
+  private readonly lean: LeanHttpClient | undefined;
 
   constructor(private readonly options: TransportOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
@@ -147,11 +139,15 @@ export class HomeserverTransport {
     // `timeout` closes idle pooled connections; a request in progress has its own timer (send()).
     const agentOptions = { keepAlive: true, timeout: IDLE_SOCKET_MS, maxSockets: options.maxSockets ?? Infinity };
     this.agent = this.baseUrl.startsWith("https:") ? new HttpsAgent(agentOptions) : new HttpAgent(agentOptions);
+    const url = new URL(this.baseUrl);
+    if (url.protocol === "http:" && (options.client ?? "lean") === "lean")
+      this.lean = new LeanHttpClient(url, { maxSockets: options.maxSockets ?? Infinity, idleMs: IDLE_SOCKET_MS });
   }
 
   /** Closes idle connections (at shutdown). */
   close(): void {
     this.agent.destroy();
+    this.lean?.close();
   }
 
   private send(
@@ -161,6 +157,7 @@ export class HomeserverTransport {
     payload: string | undefined,
     timeoutMs: number,
   ): Promise<RawResponse> {
+    if (this.lean) return this.lean.send(method, url.pathname + url.search, headers, payload, timeoutMs);
     const requestFn = url.protocol === "https:" ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
       let settled = false;
