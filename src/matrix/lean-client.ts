@@ -7,10 +7,11 @@
  *
  * What it does, and no more: one request at a time per connection (no pipelining), keep-alive with
  * a bounded pool, `Content-Length`, chunked and read-until-close response bodies, interim 1xx
- * answers skipped. What it refuses: a request line or header value with a control character (as
- * node:http does: no header injection), and a response it cannot frame (malformed status line or
- * headers, a bad chunk, conflicting lengths, a head over 64 KiB), which fails the request and
- * closes the connection.
+ * answers skipped. What it refuses, as node:http does: a method that is not a token, a path or a
+ * header value with a control character or a byte outside ASCII (no header injection), and a
+ * response it cannot frame (malformed status line or headers, a bad chunk, a repeated
+ * Content-Length or one next to Transfer-Encoding, a head over 64 KiB), which fails the request
+ * and closes the connection; so does a read-until-close body cut by a reset.
  *
  * Failures keep node:http's meaning for the transport's retries: `unsent` when the request cannot
  * have reached the server (connection refused, or still waiting for a connection when it timed
@@ -41,11 +42,14 @@ export class NetworkError extends Error {
   }
 }
 
-/** What node:http refuses in a header value (ERR_INVALID_CHAR): anything but tab, printable ASCII and bytes ≥ 0x80. */
-const INVALID_HEADER_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A header value it writes: tab and printable ASCII (node:http also takes latin1 bytes; nothing here sends them). */
+const INVALID_HEADER_VALUE = /[^\t\x20-\x7e]/;
 /** A request target: printable ASCII, no spaces (a URL's pathname and search are percent-encoded). */
 const VALID_TARGET = /^\/[\x21-\x7e]*$/;
+/** An HTTP token: a header name, or a method. */
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Methods whose requests node:http sends without a length when they have no body. */
+const NO_BODY_METHODS = new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/;
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_CHUNK_LINE_BYTES = 4096;
@@ -75,12 +79,15 @@ class ResponseParser {
   private chunkState: "size" | "data" | "data-end" | "trailers" = "size";
   /** Bytes after the response (a server that sends more than it was asked): the connection is not reused. */
   trailing = false;
+  /** The answer to a HEAD request has no body, whatever its Content-Length says. */
+  private headRequest = false;
 
   get started(): boolean {
     return this.head !== undefined || this.pending.length > 0;
   }
 
-  reset(): void {
+  reset(headRequest: boolean): void {
+    this.headRequest = headRequest;
     this.pending = Buffer.alloc(0);
     this.head = undefined;
     this.body = [];
@@ -127,7 +134,8 @@ class ResponseParser {
     const te = head.headers["transfer-encoding"];
     const cl = head.headers["content-length"];
     this.body = [];
-    if (head.status === 204 || head.status === 304) {
+    if (te !== undefined && cl !== undefined) throw new ProtocolError("both Transfer-Encoding and Content-Length");
+    if (this.headRequest || head.status === 204 || head.status === 304) {
       this.framing = "length";
       this.remaining = 0;
     } else if (te !== undefined) {
@@ -141,11 +149,10 @@ class ResponseParser {
         head.keepAlive = false;
       }
     } else if (cl !== undefined) {
-      const values = new Set(cl.split(",").map((v) => v.trim()));
-      const [value] = [...values];
-      if (values.size !== 1 || !/^\d{1,15}$/.test(value)) throw new ProtocolError("bad Content-Length");
+      // A repeated field was joined with ", " (parseHead): not digits any more, refused like a bad one.
+      if (!/^\d{1,15}$/.test(cl)) throw new ProtocolError("bad Content-Length");
       this.framing = "length";
-      this.remaining = Number(value);
+      this.remaining = Number(cl);
     } else {
       this.framing = "close";
       head.keepAlive = false;
@@ -225,6 +232,10 @@ function serverKeepAliveMs(hint: string | undefined): number {
   return seconds === undefined ? Infinity : Math.max(0, Number(seconds) * 1000 - 1000);
 }
 
+function withoutKeepAlive(response: LeanResponse & { keepAlive: boolean }): LeanResponse {
+  return { status: response.status, statusText: response.statusText, headers: response.headers, text: response.text };
+}
+
 interface Exchange {
   resolve: (response: LeanResponse) => void;
   reject: (err: Error) => void;
@@ -234,6 +245,8 @@ interface Exchange {
   reused: boolean;
   /** Any byte of the answer arrived. */
   answered: boolean;
+  /** A HEAD request (its answer has no body). */
+  head: boolean;
   conn: Conn | undefined;
 }
 
@@ -265,7 +278,6 @@ export class LeanHttpClient {
   private readonly idle: Conn[] = [];
   private readonly busy = new Set<Conn>();
   private open = 0;
-  private closing = false;
   /** Requests waiting for a connection (at maxSockets), in order. */
   private readonly waiting: Array<{ exchange: Exchange; data: string }> = [];
 
@@ -290,6 +302,7 @@ export class LeanHttpClient {
     payload: string | undefined,
     timeoutMs: number,
   ): Promise<LeanResponse> {
+    if (!HEADER_NAME.test(method)) throw new TypeError(`invalid HTTP method`);
     if (!VALID_TARGET.test(target)) throw new TypeError(`request path contains unescaped characters`);
     let data = `${method} ${target} HTTP/1.1\r\nHost: ${this.hostHeader}\r\n`;
     for (const name in headers) {
@@ -298,9 +311,18 @@ export class LeanHttpClient {
       data += `${name}: ${value}\r\n`;
     }
     if (payload !== undefined) data += `Content-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`;
-    else data += method === "GET" || method === "HEAD" ? "\r\n" : "Content-Length: 0\r\n\r\n";
+    else data += NO_BODY_METHODS.has(method) ? "\r\n" : "Content-Length: 0\r\n\r\n";
     return new Promise<LeanResponse>((resolve, reject) => {
-      const exchange: Exchange = { resolve, reject, timer: undefined, settled: false, reused: false, answered: false, conn: undefined };
+      const exchange: Exchange = {
+        resolve,
+        reject,
+        timer: undefined,
+        settled: false,
+        reused: false,
+        answered: false,
+        head: method === "HEAD",
+        conn: undefined,
+      };
       exchange.timer = setTimeout(() => {
         const conn = exchange.conn;
         // Still waiting for a connection: nothing was written.
@@ -313,11 +335,10 @@ export class LeanHttpClient {
     });
   }
 
-  /** Closes every connection (at shutdown); requests in progress fail. */
+  /** Closes every connection (at shutdown): requests in progress and waiting fail. Later requests open new ones. */
   close(): void {
-    for (const conn of this.idle.splice(0)) conn.socket.destroy();
     for (const { exchange } of this.waiting.splice(0)) this.settle(exchange, new NetworkError("closed", true));
-    this.closing = true;
+    for (const conn of this.idle.splice(0)) conn.socket.destroy();
     for (const conn of this.busy) conn.socket.destroy();
   }
 
@@ -368,7 +389,7 @@ export class LeanHttpClient {
     exchange.reused = conn.served > 0;
     conn.served++;
     conn.exchange = exchange;
-    conn.parser.reset();
+    conn.parser.reset(exchange.head);
     this.busy.add(conn);
     conn.socket.ref();
     conn.socket.write(data);
@@ -391,12 +412,11 @@ export class LeanHttpClient {
       return;
     }
     if (!response) return;
-    const { keepAlive, ...rest } = response;
     conn.exchange = undefined;
     this.busy.delete(conn);
-    this.settle(exchange, rest);
-    conn.maxIdleMs = Math.min(this.options.idleMs, serverKeepAliveMs(rest.headers["keep-alive"]));
-    if (keepAlive && conn.maxIdleMs > 0 && !conn.parser.trailing && !this.closing) this.release(conn);
+    this.settle(exchange, withoutKeepAlive(response));
+    conn.maxIdleMs = Math.min(this.options.idleMs, serverKeepAliveMs(response.headers["keep-alive"]));
+    if (response.keepAlive && conn.maxIdleMs > 0 && !conn.parser.trailing) this.release(conn);
     else conn.socket.destroy();
   }
 
@@ -418,15 +438,16 @@ export class LeanHttpClient {
     const exchange = conn.exchange;
     conn.exchange = undefined;
     if (exchange && !exchange.settled) {
-      const response = conn.parser.finish();
-      if (response) this.settle(exchange, response);
+      // A body read until the close ends there, unless a reset cut it.
+      const response = conn.error === undefined ? conn.parser.finish() : undefined;
+      if (response) this.settle(exchange, withoutKeepAlive(response));
       else {
         const reason = conn.error ?? "ECONNRESET";
         this.settle(exchange, new NetworkError(reason, reason === "ECONNREFUSED", exchange.reused && !exchange.answered));
       }
     }
     // A slot is free: the first waiting request gets a new connection.
-    if (this.closing || this.open >= this.options.maxSockets) return;
+    if (this.open >= this.options.maxSockets) return;
     const next = this.nextWaiting();
     if (next) this.start(this.take() as Conn, next.exchange, next.data);
   }

@@ -90,9 +90,11 @@ export interface TransportOptions {
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Idle pooled connections are closed after this: well before the homeserver closes them (Synapse
- * after 60 s, twisted's default; tuwunel after 30 s, hyper's header-read timeout), so that a
- * request seldom meets a connection the server is closing at that moment.
+ * Idle pooled connections are not used after this (node's agent closes them then; the lean client
+ * closes them when it next looks for a connection, and they never keep the process alive): well
+ * before the homeserver closes them (Synapse after 60 s, twisted's default; tuwunel after 30 s,
+ * hyper's header-read timeout), so that a request seldom meets a connection the server is closing
+ * at that moment.
  */
 const IDLE_SOCKET_MS = 4000;
 
