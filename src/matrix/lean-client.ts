@@ -82,10 +82,6 @@ class ResponseParser {
   /** The answer to a HEAD request has no body, whatever its Content-Length says. */
   private headRequest = false;
 
-  get started(): boolean {
-    return this.head !== undefined || this.pending.length > 0;
-  }
-
   reset(headRequest: boolean): void {
     this.headRequest = headRequest;
     this.pending = Buffer.alloc(0);
@@ -110,14 +106,7 @@ class ResponseParser {
       this.head = head;
       this.frame(head);
     }
-    if (this.framing === "length") {
-      const take = Math.min(this.remaining, this.pending.length);
-      if (take > 0) this.body.push(this.pending.subarray(0, take));
-      this.remaining -= take;
-      this.pending = this.pending.subarray(take);
-      if (this.remaining > 0) return undefined;
-      return this.complete();
-    }
+    if (this.framing === "length") return this.takeBody() ? this.complete() : undefined;
     if (this.framing === "chunked") return this.chunked() ? this.complete() : undefined;
     if (this.pending.length > 0) this.body.push(this.pending);
     this.pending = Buffer.alloc(0);
@@ -159,15 +148,20 @@ class ResponseParser {
     }
   }
 
+  /** Moves up to `remaining` body bytes from what was read into the body; true once none remain. */
+  private takeBody(): boolean {
+    const take = Math.min(this.remaining, this.pending.length);
+    if (take > 0) this.body.push(this.pending.subarray(0, take));
+    this.remaining -= take;
+    this.pending = this.pending.subarray(take);
+    return this.remaining === 0;
+  }
+
   /** Consumes chunked body bytes; true once the last chunk and the trailers are read. */
   private chunked(): boolean {
     for (;;) {
       if (this.chunkState === "data") {
-        const take = Math.min(this.remaining, this.pending.length);
-        if (take > 0) this.body.push(this.pending.subarray(0, take));
-        this.remaining -= take;
-        this.pending = this.pending.subarray(take);
-        if (this.remaining > 0) return false;
+        if (!this.takeBody()) return false;
         this.chunkState = "data-end";
       }
       const eol = this.pending.indexOf(CRLF);
