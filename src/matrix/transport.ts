@@ -4,10 +4,11 @@
  * retries with backoff on network errors, 5xx and 429, metrics, and error mapping to the SDK's
  * `MatrixError`. Nothing else in the code base talks HTTP to the homeserver.
  *
- * A thousand agents make thousands of requests, so the client is the cheapest that does the job: on
- * bare sockets for an `http:` homeserver (lean-client.ts), node:https for an `https:` one; never
- * fetch, which costs several times node:http's CPU per request (measured in `npm run bench`). Connections are kept alive
- * and pooled (a connect and close per request cost hive-matrix and the homeserver as much again).
+ * A thousand agents make thousands of requests, so the client is the cheapest that does the job:
+ * on bare sockets for an `http:` homeserver (lean-client.ts), node:https for an `https:` one; never
+ * fetch, which costs several times node:http's CPU per request (measured in `npm run bench`).
+ * Connections are kept alive and pooled (a connect and close per request cost hive-matrix and the
+ * homeserver as much again).
  *
  * A failure after a request was written cannot tell whether the homeserver applied it: a homeserver
  * that restarts may have handled a request on a pooled connection and died before answering. So a

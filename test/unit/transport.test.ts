@@ -22,8 +22,11 @@ async function scripted(
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits: () => hits, server };
 }
 
-function transport(url: string, sleeps: number[] = []): HomeserverTransport {
+type Client = "lean" | "node";
+
+function makeTransport(url: string, sleeps: number[] = [], client: Client = "lean"): HomeserverTransport {
   return new HomeserverTransport({
+    client,
     baseUrl: url,
     asToken: "as-token-secret-value",
     timeoutMs: 2000,
@@ -43,7 +46,11 @@ const errBody = (status: number): unknown =>
       ? { errcode: "M_UNKNOWN", error: "boom" }
       : { ok: true };
 
-describe("homeserver transport", () => {
+// Both clients an http: homeserver can be spoken to with: the lean one (the default) and node:http's,
+// which is also what https: homeservers go through.
+describe.each(["lean", "node"] as const)("homeserver transport (%s client)", (client) => {
+  const transport = (url: string, sleeps: number[] = []): HomeserverTransport => makeTransport(url, sleeps, client);
+
   it("retries GET on 5xx and honours retry_after_ms on 429", async () => {
     const s = await scripted([502, 429, 200], errBody);
     const sleeps: number[] = [];
@@ -203,6 +210,7 @@ describe("homeserver transport", () => {
     const server = createServer(() => undefined);
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const t = new HomeserverTransport({
+      client,
       baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
       asToken: "as-token-secret-value",
       timeoutMs: 100,
