@@ -12,7 +12,7 @@
  * other charsets, goes to express unchanged. What a transaction means (authentication, validation,
  * refusals, the answer to each failure) is not here but in the TransactionSteps both paths share.
  */
-import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, RequestListener, ServerResponse } from "node:http";
 import { StringDecoder } from "node:string_decoder";
 import type { Request } from "express";
 
@@ -51,52 +51,77 @@ const TOO_LARGE: BodyError = { type: "entity.too.large" };
 const ABORTED: BodyError = { type: "request.aborted" };
 const NOT_JSON: BodyError = { type: "entity.parse.failed" };
 
+/** A transaction the lean path takes, decided from the request line and headers alone. */
+export interface LeanTake {
+  txnId: string;
+  /** The URL's pathname. */
+  path: string;
+  query: Request["query"];
+}
+
+/**
+ * Whether the lean path can answer this request exactly as express would, from what arrived before
+ * the body; undefined hands it to express. Shared by the node:http listener below and the
+ * socket-level server (lean-server.ts).
+ */
+export function takeTransaction(
+  method: string | undefined,
+  url: string,
+  headers: IncomingHttpHeaders,
+  options: Pick<LeanOptions, "parseQuery">,
+): LeanTake | undefined {
+  if (method !== "PUT" || !PLAIN_URL.test(url)) return undefined;
+  const q = url.indexOf("?");
+  const path = q < 0 ? url : url.slice(0, q);
+  const match = TRANSACTION_PATH.exec(path);
+  if (!match) return undefined;
+  const type = headers["content-type"];
+  const encoding = headers["content-encoding"];
+  if ((type !== undefined && !UTF8_JSON.test(type)) || (encoding && encoding.toLowerCase() !== "identity")) return undefined;
+  try {
+    return { txnId: decodeURIComponent(match[1]), path, query: q < 0 ? {} : options.parseQuery(url.slice(q + 1)) };
+  } catch {
+    // Express fails the route match (or its query middleware) on it and answers; nothing read yet.
+    return undefined;
+  }
+}
+
+/** A taken transaction's body, read whole: parsed as body-parser parses it and handed to the steps. */
+export function receiveBody(steps: TransactionSteps, take: LeanTake, raw: Buffer, reply: Reply): void {
+  const fail = (err: unknown): void => steps.fail(err, take.path, reply);
+  let body: unknown;
+  try {
+    body = parseJson(raw);
+  } catch {
+    return fail(NOT_JSON);
+  }
+  // A throw in a step becomes the error handler's answer, as express's router makes it.
+  try {
+    steps.receive(take.txnId, body, raw, reply, fail);
+  } catch (err) {
+    fail(err);
+  }
+}
+
 /** The request listener to serve: transactions the lean path takes, everything else to `fallback` (the express app). */
 export function leanTransactionListener(steps: TransactionSteps, options: LeanOptions, fallback: RequestListener): RequestListener {
   return (req, res) => {
-    const url = req.url ?? "";
-    if (req.method !== "PUT" || !PLAIN_URL.test(url)) return fallback(req, res);
-    const q = url.indexOf("?");
-    const path = q < 0 ? url : url.slice(0, q);
-    const match = TRANSACTION_PATH.exec(path);
-    if (!match) return fallback(req, res);
-    const type = req.headers["content-type"];
-    const encoding = req.headers["content-encoding"];
-    if ((type !== undefined && !UTF8_JSON.test(type)) || (encoding && encoding.toLowerCase() !== "identity")) return fallback(req, res);
-    let txnId: string;
-    let query: Request["query"];
-    try {
-      txnId = decodeURIComponent(match[1]);
-      query = q < 0 ? {} : options.parseQuery(url.slice(q + 1));
-    } catch {
-      // Express fails the route match (or its query middleware) on it and answers; nothing read yet.
-      return fallback(req, res);
-    }
-
+    const take = takeTransaction(req.method, req.url ?? "", req.headers, options);
+    if (!take) return fallback(req, res);
     const reply: Reply = (status, body) => sendJson(res, status, body);
-    const fail = (err: unknown): void => steps.fail(err, path, reply);
-    // A throw in a step becomes the error handler's answer, as express's router makes it.
-    const receive = (body: unknown, raw: Buffer | undefined): void => {
-      try {
-        steps.receive(txnId, body, raw, reply, fail);
-      } catch (err) {
-        fail(err);
-      }
-    };
-    if (!steps.authorize({ headers: req.headers, query }, path, reply)) return;
+    if (!steps.authorize({ headers: req.headers, query: take.query }, take.path, reply)) return;
     // body-parser leaves a request without a body unread, with an empty object as its body.
     if (req.headers["transfer-encoding"] === undefined && Number.isNaN(Number(req.headers["content-length"]))) {
-      return receive({}, undefined);
+      const fail = (err: unknown): void => steps.fail(err, take.path, reply);
+      try {
+        return steps.receive(take.txnId, {}, undefined, reply, fail);
+      } catch (err) {
+        return fail(err);
+      }
     }
     readBody(req, options.maxBodyBytes, (result) => {
-      if (!Buffer.isBuffer(result)) return fail(result);
-      let body: unknown;
-      try {
-        body = parseJson(result);
-      } catch {
-        return fail(NOT_JSON);
-      }
-      receive(body, result);
+      if (!Buffer.isBuffer(result)) return steps.fail(result, take.path, reply);
+      receiveBody(steps, take, result, reply);
     });
   };
 }
