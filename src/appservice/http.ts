@@ -2,16 +2,18 @@
  * The appservice HTTP API the homeserver calls. Thin by design: authenticate, de-duplicate,
  * make the transaction durable, answer per the Application Service API spec; events are
  * handled later by the event queue, detached from the request. Transactions, the one hot route,
- * are served by a lean node:http path in front of the express app (lean-transactions.ts) where it
- * can; both paths go through the same TransactionSteps, defined here.
+ * are served by a lean path in front of the express app where it can: on bare sockets
+ * (lean-server.ts), else on node:http (lean-transactions.ts); every path goes through the same
+ * TransactionSteps, defined here.
  */
-import { createServer, type RequestListener, type Server } from "node:http";
+import type { RequestListener } from "node:http";
 import express, { type ErrorRequestHandler, type Request, type Response, type NextFunction } from "express";
 import type { Logger } from "../logging";
 import type { Metrics } from "../metrics";
 import type { MatrixEvent } from "../store/transactions";
 import { RefusalLog, authenticate, tokensEqual } from "./auth";
-import { leanTransactionListener, type Reply, type TransactionSteps } from "./lean-transactions";
+import { createLeanServer, type LeanServer, type SocketRoute } from "./lean-server";
+import { leanTransactionListener, receiveBody, takeTransaction, type Reply, type TransactionSteps } from "./lean-transactions";
 
 export interface AppserviceHandlers {
   /**
@@ -49,8 +51,11 @@ export interface AppserviceApp {
   handle: RequestListener;
   /** The express app alone: every route, transactions included (the lean path's fallback). */
   express: express.Express;
-  /** Like express's app.listen: a node:http server running `handle`. */
-  listen(port: number, host: string, onListening?: () => void): Server;
+  /**
+   * Like express's app.listen: a node:http server running `handle`, whose connections start on
+   * bare sockets for the transactions the lean path takes (lean-server.ts).
+   */
+  listen(port: number, host: string, onListening?: () => void): LeanServer;
 }
 
 function matrixError(res: Response, status: number, errcode: string, error: string): void {
@@ -210,16 +215,20 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
 
   const parseQuery: unknown = app.get("query parser fn");
   if (typeof parseQuery !== "function") throw new Error("express has no query parser");
-  const handle = leanTransactionListener(
-    steps,
-    { maxBodyBytes: options.maxBodyBytes, parseQuery: parseQuery as (query: string) => Request["query"] },
-    app,
-  );
+  const lean = { maxBodyBytes: options.maxBodyBytes, parseQuery: parseQuery as (query: string) => Request["query"] };
+  const handle = leanTransactionListener(steps, lean, app);
+  const route: SocketRoute = (method, url, headers) => {
+    const take = takeTransaction(method, url, headers, lean);
+    if (!take) return undefined;
+    return (raw, reply) => {
+      if (steps.authorize({ headers, query: take.query }, take.path, reply)) receiveBody(steps, take, raw, reply);
+    };
+  };
   return {
     handle,
     express: app,
     listen: (port, host, onListening) => {
-      const server = createServer(handle);
+      const server = createLeanServer(handle, route, { maxBodyBytes: options.maxBodyBytes });
       return onListening ? server.listen(port, host, onListening) : server.listen(port, host);
     },
   };

@@ -28,6 +28,8 @@ interface Call {
 
 interface Target {
   server: Server;
+  /** Requests answered on bare sockets (the socket-level target only). */
+  socketAnswered: () => number;
   port: number;
   calls: Call[];
   logs: string[];
@@ -36,7 +38,8 @@ interface Target {
   expressSaw: number;
 }
 
-async function startTarget(leanInFront: boolean): Promise<Target> {
+/** "socket": app.listen, as the service serves; "listener": the lean node:http listener; "express": the express app alone. */
+async function startTarget(kind: "socket" | "listener" | "express"): Promise<Target> {
   const { lines, destination } = captureLogs();
   const { logger } = createLogger({ level: "debug", destination });
   const metrics = new Metrics();
@@ -64,9 +67,15 @@ async function startTarget(leanInFront: boolean): Promise<Target> {
     target.expressSaw++;
     handle(...args);
   };
-  const server = createServer(leanInFront ? app.handle : app.express);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return Object.assign(target, { server, port: (server.address() as { port: number }).port });
+  let server: Server;
+  let socketAnswered = (): number => 0;
+  if (kind === "socket") {
+    const lean = app.listen(0, "127.0.0.1");
+    socketAnswered = () => lean.leanStats.answered;
+    server = lean;
+  } else server = createServer(kind === "listener" ? app.handle : app.express).listen(0, "127.0.0.1");
+  await new Promise<void>((resolve) => (server.listening ? resolve() : server.once("listening", resolve)));
+  return Object.assign(target, { server, socketAnswered, port: (server.address() as { port: number }).port });
 }
 
 interface RawRequest {
@@ -145,12 +154,13 @@ const sized = (size: number): string => {
 };
 
 let lean: Target;
+let sockets: Target;
 let reference: Target;
 beforeAll(async () => {
-  [lean, reference] = await Promise.all([startTarget(true), startTarget(false)]);
+  [lean, sockets, reference] = await Promise.all([startTarget("listener"), startTarget("socket"), startTarget("express")]);
 });
 afterAll(async () => {
-  await Promise.all([lean, reference].map((t) => new Promise((r) => t.server.close(r))));
+  await Promise.all([lean, sockets, reference].map((t) => new Promise((r) => t.server.close(r))));
 });
 
 /** The transaction counters by result. */
@@ -165,8 +175,14 @@ async function counters(t: Target): Promise<Record<string, number>> {
 async function observe(
   t: Target,
   r: RawRequest,
-): Promise<{ response: unknown; calls: Call[]; logs: unknown[]; counted: Record<string, number>; expressSaw: number }> {
-  const before = { calls: t.calls.length, logs: t.logs.length, expressSaw: t.expressSaw, counters: await counters(t) };
+): Promise<{ response: unknown; calls: Call[]; logs: unknown[]; counted: Record<string, number>; expressSaw: number; onSocket: number }> {
+  const before = {
+    calls: t.calls.length,
+    logs: t.logs.length,
+    expressSaw: t.expressSaw,
+    counters: await counters(t),
+    onSocket: t.socketAnswered(),
+  };
   const res = await send(t.port, r);
   // An aborted request gets no answer; give the server a moment to (not) act on it.
   if (!res) await new Promise((resolve) => setTimeout(resolve, 100));
@@ -174,6 +190,8 @@ async function observe(
     status: res.status,
     contentType: res.headers["content-type"],
     contentLength: res.headers["content-length"],
+    connection: res.headers.connection,
+    keepAlive: res.headers["keep-alive"],
     body: res.body,
   };
   const logs = t.logs.slice(before.logs).map((line) => {
@@ -185,7 +203,14 @@ async function observe(
       .map(([result, n]) => [result, n - (before.counters[result] ?? 0)] as const)
       .filter(([, n]) => n !== 0),
   );
-  return { response, calls: t.calls.slice(before.calls), logs, counted, expressSaw: t.expressSaw - before.expressSaw };
+  return {
+    response,
+    calls: t.calls.slice(before.calls),
+    logs,
+    counted,
+    expressSaw: t.expressSaw - before.expressSaw,
+    onSocket: t.socketAnswered() - before.onSocket,
+  };
 }
 
 interface Case {
@@ -551,11 +576,23 @@ const cases: Case[] = [
   { name: "a health check", request: { method: "GET", path: "/health", noBody: true }, leanPath: false, status: 200 },
 ];
 
+/** Cases the socket-level server answered itself. */
+const socketCases: string[] = [];
+
 describe("the lean transaction path answers as the express app does", () => {
   it.each(cases)("$name", async (c) => {
-    const [fromLean, fromExpress] = await Promise.all([observe(lean, c.request), observe(reference, c.request)]);
+    const [fromLean, fromSockets, fromExpress] = await Promise.all([
+      observe(lean, c.request),
+      observe(sockets, c.request),
+      observe(reference, c.request),
+    ]);
     expect({ ...fromLean, expressSaw: undefined }).toEqual({ ...fromExpress, expressSaw: undefined });
+    expect({ ...fromSockets, expressSaw: undefined, onSocket: 0 }).toEqual({ ...fromExpress, expressSaw: undefined });
     expect(fromLean.expressSaw).toBe(c.leanPath ? 0 : 1);
+    expect(fromSockets.expressSaw).toBe(c.leanPath ? 0 : 1);
+    // On bare sockets only what the lean path takes, and then not by express as well.
+    if (!c.leanPath) expect(fromSockets.onSocket).toBe(0);
+    if (fromSockets.onSocket > 0) socketCases.push(c.name);
     expect(fromLean.counted).toEqual(countedFor(c));
     if (countedFor(c).rejected)
       expect(fromLean.logs).toContainEqual(
@@ -580,9 +617,13 @@ describe("the lean transaction path answers as the express app does", () => {
   });
 
   it("counts and logs refusals alike, and keeps serving after them", async () => {
-    // Every case above ran against both and counted alike; the totals show refusals of both kinds.
+    // Every case above ran against all three and counted alike; the totals show refusals of both kinds.
     const totals = await counters(lean);
     expect(totals).toEqual(await counters(reference));
+    expect(await counters(sockets)).toEqual(totals);
+    // The socket level took the plain transactions (and refusals) itself, and handed on the rest.
+    expect(socketCases).toEqual(expect.arrayContaining(["a transaction", "the legacy path", "a wrong query token beside a right header"]));
+    expect(socketCases.length).toBeLessThan(cases.filter((c) => c.leanPath).length);
     expect(totals.rejected).toBeGreaterThan(0);
     expect(totals.unauthorized).toBeGreaterThan(0);
     const oversize = await observe(lean, { path: "/_matrix/app/v1/transactions/big", headers: auth, body: sized(LIMIT + 1) });
@@ -598,7 +639,7 @@ describe("the lean transaction path answers as the express app does", () => {
   });
 
   it("answers random paths, queries, headers and bodies alike", async () => {
-    const taken = { lean: 0, express: 0 };
+    const taken = { lean: 0, express: 0, socket: 0 };
     const piece = fc.string({
       unit: fc.constantFrom("a", "Z", "0", "-", ".", "/", "%", "2F", "E0", "?", "&", "=", "#", "[", "]", "+", "~", "é"),
     });
@@ -634,10 +675,17 @@ describe("the lean transaction path answers as the express app does", () => {
           if (contentType) headers["Content-Type"] = contentType;
           if (authorization) headers.Authorization = authorization;
           const request: RawRequest = { path: `${prefix}${segment}${query === null ? "" : `?${query}`}`, headers, body };
-          const [fromLean, fromExpress] = await Promise.all([observe(lean, request), observe(reference, request)]);
+          const [fromLean, fromSockets, fromExpress] = await Promise.all([
+            observe(lean, request),
+            observe(sockets, request),
+            observe(reference, request),
+          ]);
           expect({ ...fromLean, expressSaw: undefined }).toEqual({ ...fromExpress, expressSaw: undefined });
+          expect({ ...fromSockets, expressSaw: undefined, onSocket: 0 }).toEqual({ ...fromExpress, expressSaw: undefined });
+          expect(fromSockets.expressSaw).toBe(fromLean.expressSaw);
           expect(fromLean.response).toBeDefined();
           taken[fromLean.expressSaw === 0 ? "lean" : "express"]++;
+          if (fromSockets.onSocket > 0) taken.socket++;
         },
       ),
       { numRuns: 150 },
@@ -645,6 +693,8 @@ describe("the lean transaction path answers as the express app does", () => {
     // Both paths were exercised, not just the fallback.
     expect(taken.lean).toBeGreaterThan(15);
     expect(taken.express).toBeGreaterThan(15);
+    // Fewer than the listener's: bodies over the limit go to node:http, whose listener refuses them.
+    expect(taken.socket).toBeGreaterThan(5);
   });
 
   it("keeps the raw body byte for byte, byte order mark included", async () => {
