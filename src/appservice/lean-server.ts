@@ -1,10 +1,15 @@
 /**
  * The appservice's listener: a node:http server whose connections start on bare sockets. Requests
  * the lean transaction path takes are read and answered here, without node:http's per-request
- * objects, streams and events; at the first request it does not take, the connection goes to
- * node:http from that request's first byte and stays there. A transaction arriving alone on an
- * idle process (one per membership while agents join) costs about half the CPU it costs through
- * node:http: 210–260 µs against 430–570 on a 2-core VM, measured apart.
+ * objects, streams and events. A transaction arriving alone on an idle process (one per
+ * membership while agents join) costs about half the CPU it costs through node:http: 210–260 µs
+ * against 430–570 on a 2-core VM, measured apart.
+ *
+ * The first request the lean path does not take goes to node:http's own connection handling, from
+ * its first byte. A well-formed one (another route, such as the ping the service asks for at
+ * start, or a chunked body) is answered there with `Connection: close`, so that the homeserver,
+ * which keeps one connection for everything, sends its next transaction on a new connection that
+ * starts here again. A head the lean path does not parse stays with node:http for good.
  *
  * Only what is plain is taken here: `PUT`, HTTP/1.1, a head of at most 8 KiB that has arrived
  * whole, header lines of visible ASCII, no header named twice, a Host, a Content-Length of digits
@@ -76,10 +81,12 @@ interface ParsedHead {
 }
 
 /**
- * Parses a head (request line and header lines, without the blank line). Undefined: not for the
- * lean path, the connection goes to node:http. Linear in the head's length.
+ * Parses a head (request line and header lines, without the blank line); linear in its length.
+ * "declined": a well-formed head the lean path does not take (another route, no Content-Length, a
+ * chunked body...), for node:http to answer on this connection, which it then closes. Undefined:
+ * a head the lean path does not parse; the connection is node:http's for good.
  */
-function parseHead(text: string, route: SocketRoute, maxBodyBytes: number): ParsedHead | undefined {
+function parseHead(text: string, route: SocketRoute, maxBodyBytes: number): ParsedHead | "declined" | undefined {
   const lines = text.split("\r\n");
   const request = REQUEST_LINE.exec(lines[0]);
   if (!request) return undefined;
@@ -111,10 +118,10 @@ function parseHead(text: string, route: SocketRoute, maxBodyBytes: number): Pars
     headers["proxy-connection"] !== undefined ||
     (connection !== undefined && connection !== "keep-alive" && connection !== "close")
   ) {
-    return undefined;
+    return "declined";
   }
   const handler = route(request[1], request[2], headers);
-  if (!handler) return undefined;
+  if (!handler) return "declined";
   return { handler, close: connection === "close", bodyLength: Number(length) };
 }
 
@@ -140,7 +147,7 @@ class LeanConnection {
     private readonly server: Server,
     private readonly route: SocketRoute,
     private readonly maxBodyBytes: number,
-    private readonly handOff: (socket: Socket) => void,
+    private readonly handOff: (socket: Socket, once: boolean) => void,
     private readonly answered: () => void,
     private readonly forget: (connection: LeanConnection) => void,
   ) {
@@ -225,7 +232,7 @@ class LeanConnection {
             return this.checkDeadline();
           }
           const parsed = parseHead(start.toString("latin1", 0, end), this.route, this.maxBodyBytes);
-          if (!parsed) return this.release();
+          if (parsed === undefined || parsed === "declined") return this.release(parsed === "declined");
           const bodyStart = end + HEAD_END.length;
           this.head = { handler: parsed.handler, close: parsed.close, bodyStart, total: bodyStart + parsed.bodyLength };
         }
@@ -299,8 +306,11 @@ class LeanConnection {
     return joined.subarray(0, n);
   }
 
-  /** Gives the connection to node:http, the unread bytes first. */
-  private release(): void {
+  /**
+   * Gives the connection to node:http, the unread bytes first; `once`: for the request that starts
+   * them only (node:http answers it with `Connection: close`).
+   */
+  private release(once = false): void {
     const socket = this.socket;
     // The peer's end was read here already, and node:http cannot be given it again: a client that
     // half-closes gets answers from the lean path only.
@@ -320,7 +330,7 @@ class LeanConnection {
     if (this.buffered > 0) socket.unshift(this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered));
     this.chunks.length = 0;
     this.buffered = 0;
-    this.handOff(socket);
+    this.handOff(socket, once);
     // node:http reads the socket's handle directly from here on; what was unshifted reaches it as data first.
     socket.resume();
   }
@@ -341,7 +351,17 @@ function keepAliveHint(server: Server): string {
  * gives up.
  */
 export function createLeanServer(listener: RequestListener, route: SocketRoute, options: LeanServerOptions): LeanServer {
-  const server = createServer(listener) as LeanServer;
+  // A connection handed over at a well-formed request the lean path does not take (the ping the
+  // service asks for at start, a user query, a chunked body) is closed after node:http's answer:
+  // homeservers keep one connection for everything, and their next transaction should not stay on
+  // node:http for the life of that connection. It comes on a new one, which starts here.
+  const once = new WeakSet<Socket>();
+  const server = createServer((req, res) => {
+    // What node:http does itself for a request that ends its connection: `Connection: close` where
+    // node puts it, and the socket closed once the answer is out.
+    if (once.has(req.socket)) res.shouldKeepAlive = false;
+    listener(req, res);
+  }) as LeanServer;
   const nodeListeners = server.listeners("connection");
   // node:http's constructor adds exactly one: its connection listener. Anything else is a node
   // this code does not know; it then serves plainly.
@@ -350,8 +370,9 @@ export function createLeanServer(listener: RequestListener, route: SocketRoute, 
   server.removeListener("connection", nodeConnection);
   const stats = { answered: 0, handedOff: 0 };
   const connections = new Set<LeanConnection>();
-  const handOff = (socket: Socket): void => {
+  const handOff = (socket: Socket, onlyThisRequest: boolean): void => {
     stats.handedOff++;
+    if (onlyThisRequest) once.add(socket);
     nodeConnection.call(server, socket);
   };
   server.on("connection", (socket: Socket) => {

@@ -309,6 +309,17 @@ async function exchange(port: number, bytes: Buffer, graceMs = 25): Promise<{ te
   return result;
 }
 
+/**
+ * node:http's answer as it comes on a connection handed over for one request the lean path does
+ * not take: `Connection: close` instead of keep-alive, and the connection closed after it.
+ */
+function endingConnection(answer: { text: string; closedByServer: boolean }): { text: string; closedByServer: boolean } {
+  return {
+    text: answer.text.replace(/\r\nConnection: keep-alive\r\nKeep-Alive: timeout=\d+\r\n/, "\r\nConnection: close\r\n"),
+    closedByServer: true,
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Requests
 
@@ -437,52 +448,68 @@ describe("keep-alive connections on the socket path", () => {
     expect(txnIds(lean.calls.slice(-2))).toEqual(["slow1", "p3"]);
   });
 
-  it("answers a transaction, GET /health and a transaction in one write; node:http keeps the connection after the GET", async () => {
+  it("answers a transaction, GET /health and a transaction in one write; node:http answers the GET and ends the connection", async () => {
     const bytes = Buffer.concat([put("slowq1"), health, put("q2")]);
     const before = lean.stats();
     const lp = await Peer.open(lean.port);
     const rp = await Peer.open(reference.port);
     await Promise.all([lp.write(bytes), rp.write(bytes)]);
-    const [fromLean] = await Promise.all([lp.waitForAnswers(3), rp.waitForAnswers(3)]);
+    const [fromLean, fromReference] = await Promise.all([lp.waitForAnswers(2), rp.waitForAnswers(3)]);
+    expect(await lp.waitForClose()).toBe(true);
     expect(fromLean.map((a) => [a.status, a.body])).toEqual([
       [200, "{}"],
       [200, '{"ready":true}'],
-      [200, "{}"],
     ]);
-    expect(lp.text).toBe(rp.text);
+    // The first answer as node's; the GET's as node's but for the connection's end; none for the
+    // transaction after it. node:http may have handed that one to the handler already, as it does
+    // with any request pipelined behind one it answers with `Connection: close`: unanswered, the
+    // homeserver sends it again on a new connection, and the service's de-duplication makes the
+    // second delivery a replay.
+    expect(lp.finals()).toHaveLength(2);
+    expect(fromLean[0]).toEqual(fromReference[0]);
+    expect(masked(fromLean[1].raw)).toBe(endingConnection({ text: masked(fromReference[1].raw), closedByServer: true }).text);
+    expect(lp.text).toContain('\r\nConnection: close\r\n\r\n{"ready":true}');
     expect(delta(before, lean.stats())).toEqual({ answered: 1, handedOff: 1 });
-    // The connection is node:http's now, and still answers.
-    await Promise.all([lp.write(put("q3")), rp.write(put("q3"))]);
-    expect(await lp.waitForAnswers(4)).toHaveLength(4);
-    await rp.waitForAnswers(4);
-    expect(lp.text).toBe(rp.text);
-    expect(delta(before, lean.stats())).toEqual({ answered: 1, handedOff: 1 });
-    expect(txnIds(lean.calls.slice(-3))).toEqual(["slowq1", "q2", "q3"]);
-    expect(lp.closed).toBe(false);
+    const again = await exchange(lean.port, put("q2"));
+    expect(again.text).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(delta(before, lean.stats())).toEqual({ answered: 2, handedOff: 1 });
+    expect(txnIds(lean.calls.slice(-1))).toEqual(["q2"]);
   });
 
-  it("hands a keep-alive connection to node:http mid-way: transaction, GET /health, transaction, ping", async () => {
-    const steps = [put("s1"), health, put("s2"), ping("pp1")];
-    const run = async (t: Target): Promise<Peer> => {
-      const peer = await Peer.open(t.port);
-      for (let i = 0; i < steps.length; i++) {
-        await peer.write(steps[i]);
-        expect(await peer.waitForAnswers(i + 1)).toHaveLength(i + 1);
+  it("gives node:http one request at a time: transaction, GET /health, transaction, ping, transaction, reconnecting as a homeserver does", async () => {
+    const steps = [put("s1"), health, put("s2"), ping("pp1"), put("s3")];
+    const closes = (a: Answer): boolean => a.headers.some(([n, v]) => n.toLowerCase() === "connection" && v === "close");
+    /** Sends the steps in order, each after the last answer, on a new connection whenever the server closed the last. */
+    const run = async (t: Target): Promise<{ answers: string[]; connections: number }> => {
+      const answers: string[] = [];
+      let peer = await Peer.open(t.port);
+      let connections = 1;
+      for (const step of steps) {
+        if (peer.closed) {
+          peer = await Peer.open(t.port);
+          connections++;
+        }
+        const seen = peer.finals().length;
+        await peer.write(step);
+        const answer = (await peer.waitForAnswers(seen + 1))[seen];
+        answers.push(masked(answer.raw));
+        if (closes(answer)) expect(await peer.waitForClose()).toBe(true);
       }
-      return peer;
+      peer.socket.destroy();
+      return { answers, connections };
     };
     const before = lean.stats();
     const fromLean = await run(lean);
-    expect(delta(before, lean.stats())).toEqual({ answered: 1, handedOff: 1 });
     const fromReference = await run(reference);
-    expect(fromLean.finals().map((a) => [a.status, a.body])).toEqual([
-      [200, "{}"],
-      [200, '{"ready":true}'],
-      [200, "{}"],
-      [200, "{}"],
-    ]);
-    expect(fromLean.text).toBe(fromReference.text);
-    expect(txnIds(lean.calls.slice(-2))).toEqual(["s1", "s2"]);
+    // The GET and the ping each ended their connection; every transaction came on the socket path.
+    expect(fromLean.connections).toBe(3);
+    expect(fromReference.connections).toBe(1);
+    expect(delta(before, lean.stats())).toEqual({ answered: 3, handedOff: 2 });
+    expect(fromLean.answers).toEqual(
+      fromReference.answers.map((text, i) => (i === 1 || i === 3 ? endingConnection({ text, closedByServer: true }).text : text)),
+    );
+    expect(fromLean.answers[1]).toContain("\r\nConnection: close\r\n");
+    expect(txnIds(lean.calls.slice(-3))).toEqual(["s1", "s2", "s3"]);
     expect(lean.pings.slice(-1)).toEqual(["pp1"]);
   });
 
@@ -704,15 +731,34 @@ describe("heads compared with node:http's answers (keepAliveTimeout 200 ms)", ()
     ["a header value in UTF-8", (id) => request([...std(id), `X-Note: ${Buffer.from("café💥").toString("latin1")}`], body(id))],
   ];
 
+  /**
+   * Well-formed heads the lean path does not take: node:http answers them on a connection it then
+   * ends. The others it does not parse, and node:http keeps their connection (for most, node's
+   * answer is a 400 that ends it anyway).
+   */
+  const declined = new Set([
+    "Transfer-Encoding with Content-Length",
+    "Transfer-Encoding: chunked alone",
+    "an absolute-form request target",
+    "no Host",
+    "Expect: 100-continue",
+    "Upgrade: websocket",
+    "a Connection list",
+    "Content-Length with a sign",
+    "Content-Length in hex",
+    "Content-Length of 16 digits",
+    "a body over maxBodyBytes",
+  ]);
+
   it.each(cases.map(([name, make], i) => ({ name, make, id: `m${i}` })))(
     "gives node:http a head with $name, answered as node:http answers it",
-    async ({ make, id }) => {
+    async ({ name, make, id }) => {
       const bytes = make(id);
       const before = lean.stats();
       const [fromLean, fromReference] = await Promise.all([exchange(lean.port, bytes), exchange(reference.port, bytes)]);
       // node:http answers each of them somehow (else the comparison would prove nothing).
       expect(fromReference.text).toMatch(/^HTTP\/1\.1 \d{3} /);
-      expect(fromLean).toEqual(fromReference);
+      expect(fromLean).toEqual(declined.has(name) ? endingConnection(fromReference) : fromReference);
       const after = lean.stats();
       expect(after.answered).toBe(before.answered);
       expect(after.handedOff).toBe(before.handedOff + 1);
@@ -798,7 +844,7 @@ describe("heads compared with node:http's answers (keepAliveTimeout 200 ms)", ()
     expect(delta(before, lean.stats())).toEqual({ answered: 0, handedOff: 1 });
   });
 
-  it("takes a body of exactly maxBodyBytes itself and gives one byte more to node:http (413), on a connection that stays usable", async () => {
+  it("takes a body of exactly maxBodyBytes itself and gives one byte more to node:http (413), which ends that connection", async () => {
     const before = lean.stats();
     const exact = put("l1", [], sized(LIMIT));
     const [fromLean, fromReference] = await Promise.all([exchange(lean.port, exact), exchange(reference.port, exact)]);
@@ -808,17 +854,14 @@ describe("heads compared with node:http's answers (keepAliveTimeout 200 ms)", ()
     expect(lean.calls.filter((c) => c.txnId === "l1").map((c) => c.raw?.equals(sized(LIMIT)))).toEqual([true]);
 
     const over = put("l2", [], sized(LIMIT + 1));
-    const lp = await Peer.open(lean.port);
-    const rp = await Peer.open(reference.port);
-    await Promise.all([lp.write(over), rp.write(over)]);
-    const [[tooLarge]] = await Promise.all([lp.waitForAnswers(1), rp.waitForAnswers(1)]);
-    expect(tooLarge.status).toBe(413);
-    expect(JSON.parse(tooLarge.body)).toEqual({ errcode: "M_TOO_LARGE", error: `Body exceeds ${LIMIT} bytes` });
-    await Promise.all([lp.write(put("l3")), rp.write(put("l3"))]);
-    await Promise.all([lp.waitForAnswers(2), rp.waitForAnswers(2)]);
-    expect(lp.finals().map((a) => a.status)).toEqual([413, 200]);
-    expect(lp.text).toBe(rp.text);
-    expect(delta(before, lean.stats())).toEqual({ answered: 1, handedOff: 1 });
+    const [tooLarge, tooLargeReference] = await Promise.all([exchange(lean.port, over), exchange(reference.port, over)]);
+    expect(tooLarge).toEqual(endingConnection(tooLargeReference));
+    expect(tooLarge.text).toMatch(/^HTTP\/1\.1 413 Payload Too Large\r\n/);
+    expect(tooLarge.text).toContain(JSON.stringify({ errcode: "M_TOO_LARGE", error: `Body exceeds ${LIMIT} bytes` }));
+    // The homeserver's next transaction, on a new connection, is on the socket path again.
+    const next = await exchange(lean.port, put("l3"));
+    expect(next.text).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(delta(before, lean.stats())).toEqual({ answered: 2, handedOff: 1 });
     expect(lean.calls.filter((c) => c.txnId === "l2")).toEqual([]);
     expect(txnIds(lean.calls.filter((c) => c.txnId === "l3"))).toEqual(["l3"]);
   });
