@@ -219,10 +219,11 @@ export function createAppserviceApp(handlers: AppserviceHandlers, options: HttpO
   const handle = leanTransactionListener(steps, lean, app);
   const route: SocketRoute = (method, url, headers) => {
     const take = takeTransaction(method, url, headers, lean);
-    if (!take) return undefined;
-    return (raw, reply) => {
-      if (steps.authorize({ headers, query: take.query }, take.path, reply)) receiveBody(steps, take, raw, reply);
-    };
+    // The token is checked from the head, before a byte of the body is kept: a request without the
+    // right one goes to node:http, whose listener refuses it (counted and logged there) without
+    // reading its body into memory, so nobody but the homeserver makes the socket level buffer.
+    if (!take || !authenticate({ headers, query: take.query }, options.hsToken).ok) return undefined;
+    return (raw, reply) => receiveBody(steps, take, raw, reply);
   };
   return {
     handle,

@@ -14,7 +14,8 @@
  * Only what is plain is taken here: `PUT`, HTTP/1.1, a head of at most 8 KiB that has arrived
  * whole, header lines of visible ASCII, no header named twice, a Host, a Content-Length of digits
  * within the body limit, no Transfer-Encoding, Expect or Upgrade, a Connection of `keep-alive` or
- * `close`, and whatever the route itself asks (lean-transactions.ts). Everything else (other
+ * `close`, and whatever the route itself asks (http.ts: a transaction lean-transactions.ts takes,
+ * with the right hs_token, so no one else makes this buffer a body). Everything else (other
  * routes, chunked bodies, a request too large, a malformed one) is node:http's, with its own
  * parser, limits and timeouts, so nothing outside that plain subset depends on the code here.
  *
