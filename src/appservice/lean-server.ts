@@ -67,19 +67,14 @@ function httpDate(): string {
   return dateText;
 }
 
-interface Head {
-  handler: BodyHandler;
-  /** Head and body together, in bytes. */
-  total: number;
-  bodyStart: number;
-  close: boolean;
-}
-
 interface ParsedHead {
   handler: BodyHandler;
   close: boolean;
   bodyLength: number;
 }
+
+/** A parsed head whose body is being read: `bodyStart` is the head's length with its blank line. */
+type Head = ParsedHead & { bodyStart: number };
 
 /**
  * Parses a head (request line and header lines, without the blank line); linear in its length.
@@ -234,12 +229,12 @@ class LeanConnection {
           }
           const parsed = parseHead(start.toString("latin1", 0, end), this.route, this.maxBodyBytes);
           if (parsed === undefined || parsed === "declined") return this.release(parsed === "declined");
-          const bodyStart = end + HEAD_END.length;
-          this.head = { handler: parsed.handler, close: parsed.close, bodyStart, total: bodyStart + parsed.bodyLength };
+          this.head = { ...parsed, bodyStart: end + HEAD_END.length };
         }
         const head = this.head;
-        if (this.buffered < head.total) return this.checkDeadline();
-        const request = this.take(head.total);
+        const total = head.bodyStart + head.bodyLength;
+        if (this.buffered < total) return this.checkDeadline();
+        const request = this.take(total);
         this.head = undefined;
         this.busy = true;
         this.socket.setTimeout(0);
@@ -288,19 +283,21 @@ class LeanConnection {
     };
   }
 
-  /** The first `n` buffered bytes, joined (n ≤ buffered is not required: fewer when fewer arrived). */
+  /** Every buffered byte in one buffer, which then stands for them in `chunks` (a copy only when there were several). */
+  private joined(): Buffer {
+    if (this.chunks.length > 1) this.chunks.splice(0, this.chunks.length, Buffer.concat(this.chunks, this.buffered));
+    return this.chunks[0];
+  }
+
+  /** The first `n` buffered bytes (fewer when fewer arrived). */
   private peek(n: number): Buffer {
-    const first = this.chunks[0];
-    if (first.length >= n || this.chunks.length === 1) return first.length > n ? first.subarray(0, n) : first;
-    const joined = Buffer.concat(this.chunks, this.buffered);
-    this.chunks.length = 0;
-    this.chunks.push(joined);
-    return joined.length > n ? joined.subarray(0, n) : joined;
+    const first = this.chunks[0].length >= n ? this.chunks[0] : this.joined();
+    return first.length > n ? first.subarray(0, n) : first;
   }
 
   /** Removes the first `n` bytes (n ≤ buffered) from the buffer and returns them. */
   private take(n: number): Buffer {
-    const joined = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered);
+    const joined = this.joined();
     this.chunks.length = 0;
     if (joined.length > n) this.chunks.push(joined.subarray(n));
     this.buffered -= n;
@@ -328,7 +325,7 @@ class LeanConnection {
     this.gone = true;
     this.forget(this);
     socket.pause();
-    if (this.buffered > 0) socket.unshift(this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered));
+    if (this.buffered > 0) socket.unshift(this.joined());
     this.chunks.length = 0;
     this.buffered = 0;
     this.handOff(socket, once);

@@ -88,14 +88,18 @@ export function takeTransaction(
 
 /** A taken transaction's body, read whole: parsed as body-parser parses it and handed to the steps. */
 export function receiveBody(steps: TransactionSteps, take: LeanTake, raw: Buffer, reply: Reply): void {
-  const fail = (err: unknown): void => steps.fail(err, take.path, reply);
   let body: unknown;
   try {
     body = parseJson(raw);
   } catch {
-    return fail(NOT_JSON);
+    return steps.fail(NOT_JSON, take.path, reply);
   }
-  // A throw in a step becomes the error handler's answer, as express's router makes it.
+  receive(steps, take, body, raw, reply);
+}
+
+/** Hands a parsed body to the steps; a throw in a step becomes the error handler's answer, as express's router makes it. */
+function receive(steps: TransactionSteps, take: LeanTake, body: unknown, raw: Buffer | undefined, reply: Reply): void {
+  const fail = (err: unknown): void => steps.fail(err, take.path, reply);
   try {
     steps.receive(take.txnId, body, raw, reply, fail);
   } catch (err) {
@@ -112,12 +116,7 @@ export function leanTransactionListener(steps: TransactionSteps, options: LeanOp
     if (!steps.authorize({ headers: req.headers, query: take.query }, take.path, reply)) return;
     // body-parser leaves a request without a body unread, with an empty object as its body.
     if (req.headers["transfer-encoding"] === undefined && Number.isNaN(Number(req.headers["content-length"]))) {
-      const fail = (err: unknown): void => steps.fail(err, take.path, reply);
-      try {
-        return steps.receive(take.txnId, {}, undefined, reply, fail);
-      } catch (err) {
-        return fail(err);
-      }
+      return receive(steps, take, {}, undefined, reply);
     }
     readBody(req, options.maxBodyBytes, (result) => {
       if (!Buffer.isBuffer(result)) return steps.fail(result, take.path, reply);

@@ -875,6 +875,16 @@ describe("heads compared with node:http's answers (keepAliveTimeout 200 ms)", ()
 });
 
 describe("closing the server", () => {
+  /** A new service whose handler holds transaction `txnId` until `release()`, and a connection waiting for its answer. */
+  async function busyConnection(txnId: string): Promise<{ lean: Target; release: () => void; busy: Peer }> {
+    const lean = await startApp("lean");
+    const release = lean.hold(txnId);
+    const busy = await Peer.open(lean.port);
+    await busy.write(put(txnId));
+    expect(await waitFor(() => lean.calls.some((c) => c.txnId === txnId))).toBe(true);
+    return { lean, release, busy };
+  }
+
   it("closes idle lean connections at once, fresh or after an answer, and calls back", async () => {
     const lean = await startApp("lean");
     const answered = await Peer.open(lean.port);
@@ -896,11 +906,7 @@ describe("closing the server", () => {
   });
 
   it("lets a busy lean connection finish its answer with `Connection: close`, then calls back", async () => {
-    const lean = await startApp("lean");
-    const release = lean.hold("busy1");
-    const busy = await Peer.open(lean.port);
-    await busy.write(put("busy1"));
-    expect(await waitFor(() => lean.calls.some((c) => c.txnId === "busy1"))).toBe(true);
+    const { lean, release, busy } = await busyConnection("busy1");
     const idle = await Peer.open(lean.port);
     await idle.write(put("i2"));
     await idle.waitForAnswers(1);
@@ -926,11 +932,7 @@ describe("closing the server", () => {
   });
 
   it("closeAllConnections() closes a busy lean connection without an answer", async () => {
-    const lean = await startApp("lean");
-    const release = lean.hold("busy2");
-    const busy = await Peer.open(lean.port);
-    await busy.write(put("busy2"));
-    expect(await waitFor(() => lean.calls.some((c) => c.txnId === "busy2"))).toBe(true);
+    const { lean, release, busy } = await busyConnection("busy2");
     lean.server.closeAllConnections();
     expect(await busy.waitForClose(1000)).toBe(true);
     release();
